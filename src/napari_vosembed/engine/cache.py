@@ -1,0 +1,242 @@
+"""The on-disk embedding cache: per-pixel features and objectness of every frame, computed once.
+
+Embeddings do not depend on user input (Chen et al. 2018, Sec. 3.1), so every method reads them
+from here. They are stored as memory-mapped float16 arrays under
+`cache_dir()/embeddings/<key>/`, where the key hashes the video's content (file bytes, or frame
+bytes for in-memory arrays), the backbone's weights and the `EmbeddingSettings`. A second run, or a
+new click, costs no network pass; a changed file gets a new key. Frames are marked done batch by
+batch, so cancelled work resumes where it stopped, and memory stays bounded by one batch however
+long the video is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import VosEmbedError
+from ..progress import Progress
+from .backbone import feature_size, get_backbone
+from .fetch import cache_dir
+
+FORMAT_VERSION = 1
+_HASH_BLOCK = 1 << 22
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """What to compute and keep.
+
+    scale: frames are resized by this factor before the backbone. The default, half size with
+        backbone strides 4 and 8, gives a stride-8 grid of the frame at a quarter of the work of
+        full size (see docs/benchmarks.md).
+    levels: backbone strides whose features are kept; each level is L2-normalised per pixel,
+        coarser levels are bilinearly upsampled to the finest one, and they are concatenated.
+    saliency_stride: the objectness map is kept at this stride of the frame (0: not kept).
+    """
+
+    backbone: str = "isnet"
+    scale: float = 0.5
+    levels: tuple[int, ...] = (4, 8)
+    saliency_stride: int = 4
+
+    @property
+    def stride(self) -> float:
+        """Grid stride of the kept features, in pixels of the original frame."""
+        return min(self.levels) / self.scale
+
+
+@dataclass
+class Embeddings:
+    """The cached embeddings of one video (memory-mapped, read-only views once complete).
+
+    features: (T, h, w, C) float16, channels last; saliency: (T, hs, ws) float16 in [0, 1] or None.
+    """
+
+    path: Path
+    settings: EmbeddingSettings
+    frame_shape: tuple[int, int]
+    features: np.ndarray
+    saliency: np.ndarray | None
+    done: np.ndarray
+    computed: int = 0
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return self.features.shape[1:3]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the cache entry on disk."""
+        return sum(p.stat().st_size for p in self.path.iterdir())
+
+    def frame_features(self, t: int) -> torch.Tensor:
+        """Features of frame t as a float32 tensor (h, w, C)."""
+        return torch.from_numpy(np.asarray(self.features[t], dtype=np.float32))
+
+
+def video_fingerprint(video) -> str:
+    """Hash of what the frames are made of: the file's bytes, a folder's frame files, or the pixels."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((tuple(video.shape), str(video.dtype))).encode())
+    source = Path(video.source) if getattr(video, "source", None) else None
+    if source is not None and source.is_file():
+        files = [source]
+    elif source is not None and source.is_dir():
+        files = [p for p in sorted(source.iterdir()) if p.is_file() and p.stem in set(video.frame_names)]
+    else:
+        files = []
+    if files:
+        for path in files:
+            digest.update(path.name.encode())
+            with open(path, "rb") as f:
+                while block := f.read(_HASH_BLOCK):
+                    digest.update(block)
+    else:
+        for frame in video:
+            digest.update(np.ascontiguousarray(frame).tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(video, settings: EmbeddingSettings, backbone_id: str) -> str:
+    payload = json.dumps([FORMAT_VERSION, video_fingerprint(video), backbone_id, dataclasses.asdict(settings)])
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def embeddings_root() -> Path:
+    """Where embeddings live: `VOSEMBED_EMBEDDINGS_DIR`, else `cache_dir()/embeddings`."""
+    override = os.environ.get("VOSEMBED_EMBEDDINGS_DIR")
+    return Path(override) if override else cache_dir() / "embeddings"
+
+
+def cache_usage() -> int:
+    """Bytes used by all cached embeddings."""
+    root = embeddings_root()
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def clear_cache() -> None:
+    """Delete every cached embedding (model files stay)."""
+    shutil.rmtree(embeddings_root(), ignore_errors=True)
+
+
+def _backbone_id(settings: EmbeddingSettings) -> str:
+    if settings.backbone == "isnet":
+        from .fetch import MODEL_SHA256
+
+        return f"isnet:{MODEL_SHA256}"
+    path = Path(settings.backbone)
+    if path.is_file():
+        return f"file:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    return settings.backbone
+
+
+def _grid(height: int, width: int, settings: EmbeddingSettings) -> tuple[int, int]:
+    """Feature grid: the finest kept level of the backbone on the scaled frame."""
+    return feature_size(round(height * settings.scale), round(width * settings.scale), min(settings.levels))
+
+
+def _arrays(path: Path, settings: EmbeddingSettings, shape: tuple[int, int, int], channels: int | None):
+    """Memory-map the arrays of a cache entry; `channels` given: create them."""
+    n, height, width = shape
+    files = {"features": ((n, *_grid(height, width, settings), channels), np.float16), "done": ((n,), np.bool_)}
+    if settings.saliency_stride:
+        files["saliency"] = ((n, *feature_size(height, width, settings.saliency_stride)), np.float16)
+    if channels is None:
+        return {name: np.load(path / f"{name}.npy", mmap_mode="r+") for name in files}
+    return {name: np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=arr_shape)
+            for name, (arr_shape, dtype) in files.items()}
+
+
+def combine_levels(features: dict[int, torch.Tensor], levels: tuple[int, ...]) -> torch.Tensor:
+    """Concatenate per-pixel L2-normalised feature maps, upsampled to the finest level."""
+    finest = features[min(levels)]
+    maps = []
+    for level in levels:
+        f = F.normalize(features[level], dim=1)
+        if f.shape[2:] != finest.shape[2:]:
+            f = F.interpolate(f, size=finest.shape[2:], mode="bilinear", align_corners=False)
+        maps.append(f)
+    return torch.cat(maps, 1)
+
+
+def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device: str = "auto",
+                batch_size: int = 2) -> Generator[Progress, None, Embeddings]:
+    """Compute (or reuse) the embeddings of `video`, yielding `Progress` per batch.
+
+    Frames already in the cache cost nothing; the backbone is only loaded when a frame is missing.
+    """
+    from ..io import as_video, normalize_frame
+
+    video = as_video(video)
+    n, height, width = len(video), *video.shape[1:3]
+    path = embeddings_root() / cache_key(video, settings, _backbone_id(settings))
+    backbone = None
+    if (path / "meta.json").exists():
+        arrays = _arrays(path, settings, (n, height, width), None)
+    else:
+        backbone = get_backbone(settings.backbone, device)
+        missing = sorted(set(settings.levels) - set(backbone.feature_channels))
+        if missing:
+            raise VosEmbedError(
+                f"backbone {backbone.name} has feature strides {', '.join(map(str, backbone.strides))}; "
+                f"the embedding settings ask for {', '.join(map(str, missing))}"
+            )
+        channels = sum(backbone.feature_channels[level] for level in settings.levels)
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        arrays = _arrays(partial, settings, (n, height, width), channels)
+        meta = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(settings), "frames": n,
+                "frame_shape": [height, width], "source": str(getattr(video, "source", "") or "array")}
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+        del arrays
+        partial.rename(path)
+        arrays = _arrays(path, settings, (n, height, width), None)
+
+    done = arrays["done"]
+    todo = np.flatnonzero(~done)
+    computed = 0
+    if len(todo):
+        backbone = backbone or get_backbone(settings.backbone, device)
+        low, high = video.intensity_range()
+        scaled = (round(height * settings.scale), round(width * settings.scale))
+        yield Progress(int(done.sum()), n, "embedding")
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = torch.from_numpy(np.stack([normalize_frame(video[int(t)], low, high) for t in batch]))
+            images = images.permute(0, 3, 1, 2)
+            if settings.scale != 1:
+                images = F.interpolate(images, size=scaled, mode="bilinear", align_corners=False, antialias=True)
+            with torch.inference_mode():
+                out = backbone(images)
+                feats = combine_levels(out.features, settings.levels).permute(0, 2, 3, 1)
+                arrays["features"][batch] = feats.half().cpu().numpy()
+                if "saliency" in arrays:
+                    size = arrays["saliency"].shape[1:]
+                    sal = F.interpolate(out.saliency, size=size, mode="area") if out.saliency is not None else None
+                    if sal is None:
+                        raise ValueError(f"backbone {backbone.name} gives no saliency; set saliency_stride=0")
+                    arrays["saliency"][batch] = sal[:, 0].half().cpu().numpy()
+            for name in ("features", "saliency"):
+                if name in arrays:
+                    arrays[name].flush()
+            done[batch] = True
+            done.flush()
+            computed += len(batch)
+            yield Progress(int(done.sum()), n, "embedding")
+    return Embeddings(path, settings, (height, width), arrays["features"], arrays.get("saliency"), done, computed)

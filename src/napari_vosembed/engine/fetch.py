@@ -1,0 +1,148 @@
+"""Download and cache the pretrained ISNet backbone.
+
+The weights are the ISNet ("medium") model that IMG.LY ships in the npm package
+``@imgly/background-removal-data``: ``dist/resources.json`` lists the model as 4 MiB chunks,
+stored in ``dist/`` under their sha256, which are concatenated into one ONNX file.
+See ``docs/models.md`` for provenance and licences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import platformdirs
+
+from ..errors import ModelFileError
+
+NPM_PACKAGE = "@imgly/background-removal-data@1.4.5"
+RESOURCE = "/models/medium"
+MODEL_FILENAME = "isnet-medium.onnx"
+MODEL_SIZE = 88_188_479
+MODEL_SHA256 = "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb"
+CACHE_ENV = "VOSEMBED_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """The cache directory: ``$VOSEMBED_CACHE_DIR`` or the platform's user cache directory."""
+    override = os.environ.get(CACHE_ENV)
+    return Path(override) if override else Path(platformdirs.user_cache_dir("napari-vosembed"))
+
+
+def default_model_path() -> Path:
+    """Where the ISNet ONNX file lives once fetched (it may not exist yet)."""
+    return cache_dir() / "models" / MODEL_FILENAME
+
+
+def model_path() -> Path:
+    """The cached ISNet ONNX file; raises ModelFileError if it has not been fetched."""
+    path = default_model_path()
+    if not path.is_file() or path.stat().st_size != MODEL_SIZE:
+        raise ModelFileError(
+            f"The ISNet backbone is not in the cache ({path}). "
+            "Run `vosembed fetch-models` (needs Node.js/npm and network access) to download it."
+        )
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_valid(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size == MODEL_SIZE and _sha256(path) == MODEL_SHA256
+
+
+def _npm_pack(workdir: Path, dest: Path) -> Path:
+    """Run ``npm pack`` for the data package in ``workdir`` and return the tarball."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ModelFileError(
+            f"npm was not found on PATH. Install Node.js/npm and run `vosembed fetch-models` again, "
+            f"or copy the file {MODEL_FILENAME} (sha256 {MODEL_SHA256}) to {dest}."
+        )
+    try:
+        result = subprocess.run(
+            [npm, "pack", NPM_PACKAGE], cwd=workdir, capture_output=True, text=True, timeout=1800
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelFileError(f"`npm pack {NPM_PACKAGE}` failed: {exc}") from exc
+    tarballs = sorted(workdir.glob("*.tgz"))
+    if result.returncode != 0 or not tarballs:
+        raise ModelFileError(
+            f"`npm pack {NPM_PACKAGE}` failed (exit code {result.returncode}); check the network "
+            f"connection and npm's registry settings. npm said:\n{result.stderr.strip()}"
+        )
+    return tarballs[0]
+
+
+def _extract_dist(tarball: Path, outdir: Path) -> None:
+    """Extract the plain files under ``package/dist/`` flat into ``outdir``."""
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.startswith("package/dist/"):
+                    continue
+                src = tar.extractfile(member)
+                with src, open(outdir / Path(member.name).name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    except (tarfile.TarError, OSError) as exc:
+        raise ModelFileError(f"Cannot read the npm tarball {tarball}: {exc}") from exc
+
+
+def _join_chunks(distdir: Path, out: Path) -> None:
+    """Concatenate the chunks of ``RESOURCE`` listed in ``resources.json``, in order."""
+    try:
+        resources = json.loads((distdir / "resources.json").read_text())
+        chunks = resources[RESOURCE]["chunks"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(
+            f"The npm package {NPM_PACKAGE} has no usable dist/resources.json entry {RESOURCE}: {exc}"
+        ) from exc
+    with open(out, "wb") as dst:
+        for chunk in chunks:
+            part = distdir / Path(chunk["hash"]).name
+            if not part.is_file():
+                raise ModelFileError(f"The npm package {NPM_PACKAGE} lacks the model chunk dist/{part.name}.")
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def fetch_models(force: bool = False) -> Path:
+    """Download the ISNet backbone with ``npm pack`` into the cache and return its path.
+
+    A file already in the cache with the right size and sha256 is kept unless ``force``.
+    """
+    dest = default_model_path()
+    if not force and _is_valid(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    with tempfile.TemporaryDirectory(prefix="vosembed-npm-") as tmp:
+        workdir = Path(tmp)
+        tarball = _npm_pack(workdir, dest)
+        distdir = workdir / "dist"
+        distdir.mkdir()
+        _extract_dist(tarball, distdir)
+        tarball.unlink()
+        _join_chunks(distdir, partial)
+    size, sha = partial.stat().st_size, _sha256(partial)
+    if size != MODEL_SIZE or sha != MODEL_SHA256:
+        partial.unlink()
+        raise ModelFileError(
+            f"The model assembled from {NPM_PACKAGE} is corrupt ({size} bytes, sha256 {sha}; "
+            f"expected {MODEL_SIZE} bytes, sha256 {MODEL_SHA256}). The bad file was deleted; "
+            "run `vosembed fetch-models` again."
+        )
+    os.replace(partial, dest)
+    return dest

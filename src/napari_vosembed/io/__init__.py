@@ -1,0 +1,30 @@
+"""Video I/O without napari: lazy readers (video files, frame folders, TIFF stacks, sequences with
+ground truth, label images) and label writers (indexed PNG, multi-page TIFF, Cell Tracking Challenge)."""
+
+from ._files import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
+from .labels import Masks, read_label_folder, read_label_image
+from .sequence import Sequence, list_sequences, read_sequence
+from .video import Video, as_video, normalize_frame, open_video
+from .writers import ctc_tracks, davis_palette, write_ctc, write_png_labels, write_tiff_labels
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LABEL_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "Masks",
+    "Sequence",
+    "Video",
+    "as_video",
+    "ctc_tracks",
+    "davis_palette",
+    "list_sequences",
+    "natural_key",
+    "normalize_frame",
+    "open_video",
+    "read_label_folder",
+    "read_label_image",
+    "read_sequence",
+    "write_ctc",
+    "write_png_labels",
+    "write_tiff_labels",
+]

@@ -1,0 +1,157 @@
+"""Writers of label volumes: indexed PNGs (DAVIS palette), multi-page TIFF, Cell Tracking Challenge."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from ..errors import VosEmbedError
+
+
+def davis_palette(n: int = 256) -> np.ndarray:
+    """The DAVIS / PASCAL VOC colour map: ``(n, 3)`` uint8, 0 black, 1 (128, 0, 0), 2 (0, 128, 0), ..."""
+    palette = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= (c & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = r, g, b
+    return palette
+
+
+def _labels(labels: Any) -> np.ndarray:
+    """Validate a ``(T, H, W)`` volume of non-negative integer ids."""
+    array = np.asarray(labels)
+    if array.ndim != 3:
+        raise VosEmbedError(f"labels must be a (T, H, W) volume, got shape {array.shape}")
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise VosEmbedError("labels must be integer ids, found fractional values")
+    if array.dtype.kind not in "iuf":
+        raise VosEmbedError(f"labels must be integer ids, got dtype {array.dtype}")
+    if array.size and array.min() < 0:
+        raise VosEmbedError(f"labels must be non-negative, found {array.min()}")
+    return array
+
+
+def _check_folder(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VosEmbedError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise VosEmbedError(
+            f"{out_dir}: the output folder is not empty; choose another folder or pass overwrite=True"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def write_png_labels(
+    labels: Any,
+    out_dir: str | os.PathLike,
+    frame_names: list[str] | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write one indexed PNG (DAVIS palette) per frame, named ``<frame name>.png``; return the paths.
+
+    Ids must lie in 0..255 (use ``write_tiff_labels`` for more objects).
+    """
+    array = _labels(labels)
+    out_dir = Path(out_dir)
+    names = frame_names if frame_names is not None else [f"{t:05d}" for t in range(len(array))]
+    if len(names) != len(array):
+        raise VosEmbedError(f"{len(names)} frame names for {len(array)} label frames")
+    if array.size and array.max() > 255:
+        raise VosEmbedError(
+            f"label id {int(array.max())} does not fit an indexed PNG (ids 0..255); "
+            "write a TIFF with write_tiff_labels instead"
+        )
+    _check_folder(out_dir, overwrite)
+    palette = davis_palette().ravel().tolist()
+    paths = []
+    for frame, name in zip(array, names, strict=True):
+        image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
+        image.putpalette(palette)
+        path = out_dir / f"{name}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def write_tiff_labels(labels: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a ``(T, H, W)`` label volume as one multi-page TIFF (uint16, or uint32 if needed)."""
+    array = _labels(labels)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise VosEmbedError(f"{path}: the file exists; choose another name or pass overwrite=True")
+    dtype = np.uint16 if not array.size or array.max() <= np.iinfo(np.uint16).max else np.uint32
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, array.astype(dtype), photometric="minisblack", compression="zlib", metadata={"axes": "TYX"})
+    return path
+
+
+def _runs(frames: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs ``(begin, end)`` of sorted frame indices."""
+    runs: list[list[int]] = []
+    for t in frames:
+        if runs and t == runs[-1][1] + 1:
+            runs[-1][1] = t
+        else:
+            runs.append([t, t])
+    return [(begin, end) for begin, end in runs]
+
+
+def ctc_tracks(labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Split ids that disappear and reappear into continuous tracks.
+
+    Returns the relabelled volume and the tracks ``(id, begin, end, parent)``, sorted by id: each
+    later segment of an id gets a new id (above every existing one) whose parent is the segment
+    before it.
+    """
+    present: dict[int, list[int]] = {}
+    for t, frame in enumerate(labels):
+        for label in np.unique(frame):
+            if label:
+                present.setdefault(int(label), []).append(t)
+    next_id = max(present, default=0) + 1
+    tracks = []
+    out = labels.copy()
+    for label in sorted(present):
+        parent = 0
+        for k, (begin, end) in enumerate(_runs(present[label])):
+            track_id = label
+            if k:
+                track_id, next_id = next_id, next_id + 1
+                for t in range(begin, end + 1):
+                    out[t][labels[t] == label] = track_id
+            tracks.append((track_id, begin, end, parent))
+            parent = track_id
+    return out, sorted(tracks)
+
+
+def write_ctc(labels: Any, out_dir: str | os.PathLike, overwrite: bool = False) -> list[tuple[int, int, int, int]]:
+    """Write a Cell Tracking Challenge result: ``maskTTT.tif`` (uint16) and ``res_track.txt``.
+
+    Ids that disappear and reappear become separate tracks (see ``ctc_tracks``). Returns the tracks.
+    """
+    array = _labels(labels).astype(np.int64)
+    out_dir = Path(out_dir)
+    relabelled, tracks = ctc_tracks(array)
+    if relabelled.size and relabelled.max() > np.iinfo(np.uint16).max:
+        raise VosEmbedError(
+            f"{int(relabelled.max())} tracks do not fit the Cell Tracking Challenge's 16-bit masks"
+        )
+    _check_folder(out_dir, overwrite)
+    digits = 3 if len(relabelled) <= 1000 else 4
+    for t, frame in enumerate(relabelled):
+        tifffile.imwrite(out_dir / f"mask{t:0{digits}d}.tif", frame.astype(np.uint16))
+    lines = "".join(f"{track} {begin} {end} {parent}\n" for track, begin, end, parent in tracks)
+    (out_dir / "res_track.txt").write_text(lines)
+    return tracks

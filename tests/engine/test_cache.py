@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from napari_vosembed.errors import VosEmbedError
+from napari_vosembed.engine.cache import EmbeddingSettings, cache_usage, embed_video
+from napari_vosembed.progress import drive
+
+TINY = EmbeddingSettings(backbone="tiny", scale=1.0, levels=(4, 8), saliency_stride=2)
+
+
+def _video(n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (n, 37, 50, 3), dtype=np.uint8)
+
+
+def test_embeddings_have_the_documented_layout():
+    emb = drive(embed_video(_video(), TINY, device="cpu"), quiet=True)
+    assert emb.features.shape == (5, 10, 13, 16 + 32) and emb.features.dtype == np.float16
+    assert emb.saliency.shape == (5, 19, 25)
+    assert emb.complete and emb.computed == 5
+    norms = np.linalg.norm(emb.features[0].astype(np.float32)[..., :16], axis=-1)
+    np.testing.assert_allclose(norms, 1, atol=2e-3)
+    assert emb.nbytes >= emb.features.nbytes and cache_usage() >= emb.nbytes
+
+
+def test_second_run_reuses_the_cache_and_a_changed_video_does_not():
+    video = _video()
+    first = drive(embed_video(video, TINY, device="cpu"), quiet=True)
+    again = drive(embed_video(video, TINY, device="cpu"), quiet=True)
+    assert again.computed == 0 and again.path == first.path
+    np.testing.assert_array_equal(first.features[3], again.features[3])
+    video[2, 0, 0] ^= 1
+    changed = drive(embed_video(video, TINY, device="cpu"), quiet=True)
+    assert changed.computed == 5 and changed.path != first.path
+
+
+def test_cancelled_work_resumes_where_it_stopped():
+    video = _video(n=6)
+    gen = embed_video(video, TINY, device="cpu", batch_size=2)
+    steps = [next(gen), next(gen)]
+    gen.close()
+    assert steps[-1].done == 2
+    resumed = drive(embed_video(video, TINY, device="cpu", batch_size=2), quiet=True)
+    assert resumed.computed == 4 and resumed.complete
+    fresh = drive(embed_video(video, TINY, device="cpu", batch_size=6), quiet=True)
+    assert fresh.computed == 0
+
+
+def test_scale_halves_the_grid():
+    emb = drive(embed_video(_video(n=2), EmbeddingSettings("tiny", scale=0.5, levels=(4,), saliency_stride=0),
+                            device="cpu"), quiet=True)
+    assert emb.features.shape[1:3] == (5, 7) and emb.saliency is None
+    assert emb.settings.stride == 8
+
+
+def test_a_video_file_is_keyed_by_its_bytes(tmp_path):
+    from napari_vosembed.io import open_video
+    import cv2
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(_video(n=3)):
+        cv2.imwrite(str(folder / f"f{t}.png"), frame)
+    first = drive(embed_video(open_video(folder), TINY, device="cpu"), quiet=True)
+    assert drive(embed_video(open_video(folder), TINY, device="cpu"), quiet=True).computed == 0
+    cv2.imwrite(str(folder / "f1.png"), _video(n=1, seed=9)[0])
+    assert drive(embed_video(open_video(folder), TINY, device="cpu"), quiet=True).path != first.path
+
+
+def test_unknown_level_is_a_clear_error():
+    with pytest.raises(VosEmbedError, match="strides 4, 8.*ask for 16"):
+        drive(embed_video(_video(n=1), EmbeddingSettings("tiny", levels=(16,)), device="cpu"), quiet=True)

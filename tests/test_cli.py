@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_vosembed import methods
+from napari_vosembed.cli import main
+from napari_vosembed.io import write_png_labels
+from napari_vosembed.sample import write_sample_sequence
+
+
+@pytest.fixture(scope="module")
+def sample_seq(tmp_path_factory):
+    return write_sample_sequence(tmp_path_factory.mktemp("sample"))
+
+
+def test_evaluate_perfect_and_empty_predictions(sample_seq, tmp_path, capsys):
+    from napari_vosembed.io import read_sequence
+
+    seq = read_sequence(sample_seq)
+    gt = np.stack([seq.masks[t] for t in range(len(seq.masks))])
+    write_png_labels(gt, tmp_path / "perfect", seq.video.frame_names)
+    write_png_labels(np.zeros_like(gt), tmp_path / "empty", seq.video.frame_names)
+
+    assert main(["evaluate", str(tmp_path / "perfect"), str(sample_seq), "--json", str(tmp_path / "p.json")]) == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["global"]["J-Mean"] == 1.0 and report["global"]["F-Mean"] == 1.0
+    assert "global" in capsys.readouterr().out
+
+    assert main(["evaluate", str(tmp_path / "empty"), str(sample_seq), "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["global"]["J-Mean"] == 0.0
+
+
+def test_evaluate_a_root_of_sequences(sample_seq, tmp_path):
+    from napari_vosembed.io import read_sequence
+
+    seq = read_sequence(sample_seq)
+    gt = np.stack([seq.masks[t] for t in range(len(seq.masks))])
+    write_png_labels(gt, tmp_path / "pred" / seq.name, seq.video.frame_names)
+    assert main(["evaluate", str(tmp_path / "pred"), str(sample_seq.parent), "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert list(report["sequences"]) == [seq.name] and report["global"]["J&F-Mean"] == 1.0
+
+
+def test_evaluate_missing_prediction_frame_is_named(sample_seq, tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    assert main(["evaluate", str(tmp_path / "pred"), str(sample_seq)]) == 2
+    assert "00000" in capsys.readouterr().err
+
+
+def test_segment_reports_bad_prompts(sample_seq, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(methods, "_REGISTRY", {})
+    frames = str(sample_seq / "frames")
+    assert main(["segment", frames, "--out", str(tmp_path / "o"), "--box", "0=1,2,3"]) == 2
+    assert "x0,y0,x1,y1" in capsys.readouterr().err
+    bad = tmp_path / "pts.csv"
+    bad.write_text("frame,y,x\n0,1,1\n")
+    assert main(["segment", frames, "--out", str(tmp_path / "o"), "--points", str(bad)]) == 2
+    assert "label" in capsys.readouterr().err
+    assert main(["segment", frames, "--out", str(tmp_path / "o"), "--mask", "0=" + str(tmp_path / "nope.png")]) == 2
+    assert "nope.png" in capsys.readouterr().err
+    assert main(["segment", frames, "--out", str(tmp_path / "o"), "--mask", f"0={sample_seq}/masks/00000.png"]) == 2
+    assert "no segmentation method is installed" in capsys.readouterr().err
+
+
+def test_segment_rejects_a_missing_video(tmp_path, capsys):
+    assert main(["segment", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.mp4" in capsys.readouterr().err
+
+
+def test_demo_says_plainly_when_no_method_is_installed(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(methods, "_REGISTRY", {})
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert "No segmentation method is installed yet" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())
