@@ -194,6 +194,34 @@ def cmd_benchmark_embed(args) -> int:
     return 0
 
 
+def cmd_benchmark_pml(args) -> int:
+    from .benchmarks import pml
+
+    pml.semi_supervised(Path(args.data), args.sequences, args.device, Path(args.out), Path(args.docs))
+    return 0
+
+
+def cmd_benchmark_clicks(args) -> int:
+    from .benchmarks import pml
+
+    pml.clicks(Path(args.data), args.sequences, args.device, args.max_clicks_per_frame, Path(args.out),
+               Path(args.docs), Path(args.plot))
+    return 0
+
+
+def cmd_train_pml(args) -> int:
+    from .engine.cache import EmbeddingSettings
+    from .training import pml
+
+    config = pml.TrainConfig(steps=args.steps, batch=args.batch, margin=args.margin, loss=args.loss, lr=args.lr,
+                             seed=args.seed, settings=EmbeddingSettings(scale=args.scale))
+    command = "vosembed " + " ".join(sys.argv[1:])
+    out = drive(pml.run(Path(args.data), Path(args.out), config, args.device, command,
+                        Path(args.plot) if args.plot else None), args.quiet)
+    print(f"PML head saved to {out} (training record: {out.with_suffix('.json')})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import available_methods
 
@@ -259,6 +287,40 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose 'embed' section is replaced")
     b.set_defaults(func=cmd_benchmark_embed)
+
+    for name, helptext, func in (
+        ("pml", "PML J&F with the first mask, retrieval time per frame and per click", cmd_benchmark_pml),
+        ("clicks", "the click robot: J versus clicks per frame (PNG + JSON)", cmd_benchmark_clicks),
+    ):
+        b = bench.add_parser(name, help=helptext, description=helptext + ", on the held-out sequences, with the "
+                             "trained head and with raw backbone features.")
+        b.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
+        b.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
+        b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+        b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+        b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
+        if name == "clicks":
+            b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
+            b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
+        b.set_defaults(func=func)
+
+    p = sub.add_parser("train", help="train the heads we ship")
+    train = p.add_subparsers(dest="head", required=True)
+    t = train.add_parser("pml", help="the PML embedding head (triplet loss of Chen et al. 2018, Eq. 1)",
+                         description="Train the PML head on DAVIS-style sequence folders (SEQ/frames + SEQ/masks): "
+                         "every fourth sequence is held out, the rest train. Embeddings are cached first.")
+    t.add_argument("--data", required=True, help="root of training sequences")
+    t.add_argument("--out", default="src/napari_vosembed/models/pml_head.pt", help="where the head is written")
+    t.add_argument("--plot", help="PNG of the loss curve")
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--batch", type=int, default=4, help="triplets (three frames each) per step")
+    t.add_argument("--margin", type=float, default=0.3, help="alpha of Eq. 1")
+    t.add_argument("--loss", default="pml", choices=["pml", "triplet", "contrastive"])
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--scale", type=float, default=0.5, help="frame scale of the backbone embeddings")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.set_defaults(func=cmd_train_pml)
     return parser
 
 

@@ -120,3 +120,6 @@ def segment(
             return stop.value
         if progress is not None:
             progress(step)
+
+
+from . import pml  # noqa: E402  (registers the method; it needs the names above)

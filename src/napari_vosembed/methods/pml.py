@@ -1,0 +1,250 @@
+"""Pixel-wise metric learning (PML): Chen, Pont-Tuset, Montes, Van Gool, CVPR 2018,
+"Blazingly fast video object segmentation with pixel-wise metric learning".
+
+Embeddings of every pixel are computed once per video (the cached backbone features, through the
+embedding head of Sec. 3.1); user input only builds the reference pool, and every other pixel
+takes the majority label of its k nearest references (Sec. 3.2). A new click therefore costs one
+retrieval, not a network pass. `PMLSession` is the interactive API: add or remove prompts, get
+the labels of one frame or of the whole video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
+from ..engine.refine import gray_guide, refine_labels
+from ..engine.retrieval import ReferencePool
+from ..errors import ModelFileError, PromptError
+from ..progress import Progress
+from ..prompts import Prompts
+from . import Method, register_method
+
+#: The trained head that ships with the package (see docs/models/pml-head.md).
+DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "pml_head.pt"
+
+
+class PMLHead(nn.Module):
+    """Embedding head e = f(x, i, j, t) (Sec. 3.1): backbone features plus the pixel's normalised
+    coordinates and frame number, through 1x1 convolutions (here per-pixel linear layers), to a
+    d-dimensional, L2-normalised embedding."""
+
+    def __init__(self, in_channels: int, dim: int = 128, hidden: int = 256):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "dim": dim, "hidden": hidden}
+        self.net = nn.Sequential(nn.Linear(in_channels + 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+    def forward(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(torch.cat([features, coords], -1)), dim=-1)
+
+    def save(self, path: Path, settings: EmbeddingSettings, meta: dict) -> None:
+        torch.save({"config": self.config, "settings": settings.__dict__, "state_dict": self.state_dict(),
+                    "meta": meta}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[PMLHead, EmbeddingSettings]:
+        if not Path(path).is_file():
+            raise ModelFileError(f"PML head {path} does not exist (train one with `vosembed train pml`)")
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        head = cls(**blob["config"])
+        head.load_state_dict(blob["state_dict"])
+        settings = blob["settings"]
+        return head.eval().requires_grad_(False), EmbeddingSettings(**{**settings, "levels": tuple(settings["levels"])})
+
+
+def grid_coords(t: int, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(h*w, 3) inputs (i / h, j / w, t / T) of the head for frame t."""
+    h, w = grid
+    ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float32) / h, torch.arange(w, dtype=torch.float32) / w,
+                            indexing="ij")
+    return torch.stack([ii.reshape(-1), jj.reshape(-1), torch.full((h * w,), t / max(n_frames, 1))], 1)
+
+
+def cell_labels(labels: np.ndarray, grid: tuple[int, int], stride: float) -> np.ndarray:
+    """Majority label of each grid cell of a full-resolution label image (area vote)."""
+    h, w = grid
+    values = np.unique(labels)
+    padded = np.zeros((int(round(h * stride)), int(round(w * stride))), labels.dtype)
+    crop = labels[: padded.shape[0], : padded.shape[1]]
+    padded[: crop.shape[0], : crop.shape[1]] = crop
+    shares = np.stack([cv2.resize((padded == v).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+                       for v in values], -1)
+    return values[shares.argmax(-1)]
+
+
+class PMLSession:
+    """Interactive PML on one video: embeddings are computed once, every edit re-runs retrieval.
+
+    k_mask / k_click: neighbours voting when the pool holds mask (or scribble) pixels / only
+    clicks (Sec. 3.2: k = 5 and k = 1).
+    """
+
+    def __init__(self, video, embeddings: Embeddings, head: PMLHead | None, device: torch.device,
+                 k_mask: int = 5, k_click: int = 1, refine: bool = True):
+        self.video = video
+        self.embeddings = embeddings
+        self.device = device
+        self.k_mask, self.k_click, self.refine = k_mask, k_click, refine
+        self.frame_shape = embeddings.frame_shape
+        self.grid = embeddings.grid_shape
+        self.stride = embeddings.settings.stride
+        self.head = head.to(device) if head is not None else None
+        self._intensity = video.intensity_range()
+        self._pixel_embeddings = self._embed_all()
+        self.pool = ReferencePool(self._pixel_embeddings.shape[-1], device)
+        self.prompts = Prompts()
+        self._has_dense = False
+
+    @classmethod
+    def open(cls, video, head: str | Path | None = "default", device: str | torch.device = "cpu",
+             settings: EmbeddingSettings | None = None, **options) -> Generator[Progress, None, PMLSession]:
+        """Embed `video` (cached) and return a session; yields the embedding progress."""
+        from ..io import as_video
+
+        video = as_video(video)
+        model = None
+        if head is not None:
+            model, head_settings = PMLHead.load(DEFAULT_HEAD if head == "default" else Path(head))
+            settings = head_settings
+        emb = yield from embed_video(video, settings or EmbeddingSettings(), device=str(device))
+        return cls(video, emb, model, torch.device(device), **options)
+
+    def _embed_all(self) -> np.ndarray:
+        """(T, h*w, d) float16 pixel embeddings: the head applied to every frame (or the raw features)."""
+        n, channels = len(self.video), self.embeddings.features.shape[-1]
+        dim = channels if self.head is None else self.head.config["dim"]
+        out = np.empty((n, self.grid[0] * self.grid[1], dim), np.float16)
+        with torch.inference_mode():
+            for t in range(n):
+                x = self.embeddings.frame_features(t).reshape(-1, channels).to(self.device)
+                e = (nn.functional.normalize(x, dim=-1) if self.head is None
+                     else self.head(x, grid_coords(t, n, self.grid).to(self.device)))
+                out[t] = e.cpu().numpy()
+        return out
+
+    def frame_embeddings(self, t: int) -> np.ndarray:
+        return self._pixel_embeddings[t].astype(np.float32)
+
+    def _cells(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        h, w = self.grid
+        i = np.clip((y / self.stride).astype(np.int64), 0, h - 1)
+        j = np.clip((x / self.stride).astype(np.int64), 0, w - 1)
+        return i * w + j
+
+    def add_prompts(self, prompts: Prompts, group: int = 0) -> None:
+        """Add the reference pixels of `prompts` to the pool as `group` (removable as one)."""
+        height, width = self.frame_shape
+        prompts.validate(len(self.video), height, width, require_object=False)
+        for frame, image in prompts.masks.items():
+            cells = cell_labels(image, self.grid, self.stride).reshape(-1)
+            self.pool.add(self._pixel_embeddings[frame].astype(np.float32), cells, group)
+        sparse = Prompts(points=prompts.points, boxes=prompts.boxes, scribbles=prompts.scribbles)
+        ref = sparse.reference_pixels(height, width)
+        if len(ref):
+            cells = self._cells(ref.y, ref.x)
+            keys = np.unique(np.stack([ref.frame, cells, ref.label], 1), axis=0)
+            self.pool.add(self._pixel_embeddings[keys[:, 0], keys[:, 1]].astype(np.float32), keys[:, 2], group)
+        self._has_dense |= bool(prompts.masks or prompts.scribbles or prompts.boxes)
+        self.prompts.points += prompts.points
+        self.prompts.boxes += prompts.boxes
+        self.prompts.masks.update(prompts.masks)
+        self.prompts.scribbles.update(prompts.scribbles)
+
+    def remove_group(self, group: int) -> int:
+        """Drop a group of references (e.g. a deleted click); returns how many."""
+        return self.pool.remove(group)
+
+    @property
+    def k(self) -> int:
+        return self.k_mask if self._has_dense else self.k_click
+
+    def _check_pool(self) -> None:
+        if len(self.pool) == 0:
+            raise PromptError("no reference pixels: add a click, box or mask first")
+        if not (self.pool.label_values > 0).any():
+            raise PromptError("the references hold no object: add a positive click or a mask with a label > 0")
+
+    def frame_scores(self, t: int, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vote fractions `(h, w, L)` for frame t, the label values, and the unanimous cells."""
+        scores, unanimous = self.pool.vote(self.frame_embeddings(t), k or self.k)
+        return scores.reshape(*self.grid, -1), self.pool.label_values, unanimous
+
+    def to_labels(self, t: int, scores: np.ndarray, values: np.ndarray) -> np.ndarray:
+        guide = gray_guide(self.video[t], *self._intensity) if self.refine else None
+        return refine_labels(scores, values, self.stride, self.frame_shape, guide, radius=int(self.stride))
+
+    def predict_frame(self, t: int) -> np.ndarray:
+        """Full-resolution labels of frame t from the current pool (the on-screen update)."""
+        self._check_pool()
+        scores, values, _ = self.frame_scores(t)
+        return self.to_labels(t, scores, values)
+
+    def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = 400, adapt_window: int = 10
+                    ) -> Generator[Progress, None, np.ndarray]:
+        """Labels of every frame, yielding progress.
+
+        Online adaptation (Sec. 3.2): walking away from the first annotated frame (forward, then
+        backward), the cells of a frame whose k = 5 neighbours all agree join the pool; at most
+        `adapt_per_frame` per frame, kept for the last `adapt_window` frames, so the pool and the
+        cost per frame stay bounded.
+        """
+        self._check_pool()
+        n = len(self.video)
+        start = min(self.prompts.frames) if self.prompts.frames else 0
+        labels = np.zeros((n, *self.frame_shape), np.uint8 if self.pool.label_values.max() < 256 else np.int32)
+        rng = np.random.default_rng(0)
+        done = 0
+        for order in (range(start, n), range(start - 1, -1, -1)):
+            adapted: list[int] = []
+            for t in order:
+                k = self.k_mask if online_adaptation else self.k
+                scores, values, unanimous = self.frame_scores(t, k)
+                labels[t] = self.to_labels(t, scores, values)
+                if online_adaptation and t not in self.prompts.frames:
+                    cells = np.flatnonzero(unanimous)
+                    if len(cells) > adapt_per_frame:
+                        cells = rng.choice(cells, adapt_per_frame, replace=False)
+                    group = -1 - t
+                    self.pool.add(self._pixel_embeddings[t, cells].astype(np.float32),
+                                  values[scores.reshape(-1, len(values))[cells].argmax(1)], group)
+                    adapted.append(group)
+                    if len(adapted) > adapt_window:
+                        self.pool.remove(adapted.pop(0))
+                done += 1
+                yield Progress(done, n, "retrieval")
+            for group in adapted:
+                self.pool.remove(group)
+        return labels
+
+
+@register_method
+class PML(Method):
+    """Pixel-wise metric learning: k-nearest-neighbour retrieval in a learned embedding space."""
+
+    name = "pml"
+    description = "Pixel-wise metric learning (Chen et al. 2018): instant retrieval from clicks, boxes and masks"
+    quality = 10
+
+    @dataclass
+    class Params:
+        head: str = "default"
+        online_adaptation: bool = True
+        k_mask: int = 5
+        k_click: int = 1
+        refine: bool = True
+
+    def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
+        p = self.params
+        session = yield from PMLSession.open(video, None if p.head in ("none", "") else p.head, self.device,
+                                             k_mask=p.k_mask, k_click=p.k_click, refine=p.refine)
+        session.add_prompts(prompts)
+        labels = yield from session.predict_all(online_adaptation=p.online_adaptation)
+        return labels
+

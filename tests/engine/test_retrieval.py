@@ -1,0 +1,32 @@
+import numpy as np
+
+from napari_vosembed.engine.refine import guided_filter, refine_labels
+from napari_vosembed.engine.retrieval import ReferencePool
+from napari_vosembed.metrics import db_eval_iou
+
+
+def test_vote_is_the_majority_of_the_k_nearest_and_groups_can_be_removed():
+    pool = ReferencePool(2)
+    pool.add(np.array([[1, 0], [0.99, 0.14], [0.98, 0.2]]), [1, 1, 0], group=1)
+    pool.add(np.array([[0, 1]]), [0], group=2)
+    scores, unanimous = pool.vote(np.array([[1.0, 0.0], [0.0, 1.0]]), k=3)
+    assert pool.label_values.tolist() == [0, 1]
+    assert scores[0].argmax() == 1 and not unanimous[0]
+    assert scores[1].argmax() == 0
+    assert pool.remove(1) == 3 and len(pool) == 1
+    scores, unanimous = pool.vote(np.array([[1.0, 0.0]]), k=5)
+    assert pool.label_values.tolist() == [0] and unanimous.all()
+
+
+def test_guided_filter_keeps_a_constant_and_snaps_coarse_labels_to_edges():
+    guide = np.zeros((64, 64), np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 18**2
+    guide[disk] = 1
+    np.testing.assert_allclose(guided_filter(guide, np.full((64, 64), 0.3, np.float32), 4, 1e-3), 0.3, atol=1e-5)
+    coarse = np.stack([1 - disk, disk], -1).astype(np.float32)[4::8, 4::8]
+    values = np.array([0, 1])
+    plain = refine_labels(coarse, values, 8, (64, 64))
+    refined = refine_labels(coarse, values, 8, (64, 64), guide=guide, radius=8)
+    assert db_eval_iou(disk, refined == 1) > db_eval_iou(disk, plain == 1)
+    assert db_eval_iou(disk, refined == 1) > 0.95

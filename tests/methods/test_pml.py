@@ -1,0 +1,119 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
+from napari_vosembed.io import as_video
+from napari_vosembed.errors import PromptError
+from napari_vosembed.methods.pml import PMLSession, cell_labels
+from napari_vosembed.metrics import db_eval_iou
+from napari_vosembed.progress import drive
+from napari_vosembed.prompts import Prompts
+
+TINY = EmbeddingSettings(backbone="tiny", scale=1.0, levels=(4, 8), saliency_stride=0)
+RED, ORANGE, GREEN, BLUE = (220, 30, 30), (230, 120, 30), (30, 200, 40), (30, 40, 210)
+
+
+def scene(n=6, size=(64, 96), squares=((RED, 10),), seed=0):
+    """Blue background with noise; each (colour, x) square slides right by 2 px per frame."""
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, *size, 3), np.uint8)
+    masks = np.zeros((n, *size), np.int32)
+    for t in range(n):
+        frame = np.empty((*size, 3), np.float32)
+        frame[:] = BLUE
+        for obj, (colour, x) in enumerate(squares, 1):
+            x0 = x + 2 * t
+            frame[20:44, x0 : x0 + 24] = colour
+            masks[t, 20:44, x0 : x0 + 24] = obj
+        frames[t] = np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8)
+    return frames, masks
+
+
+def session(frames, **options):
+    return drive(PMLSession.open(frames, head=None, device="cpu", settings=TINY, **options), quiet=True)
+
+
+def colour_session(frames, tmp_path, stride=4):
+    """A session whose embeddings are the mean colour of each cell: retrieval mechanics in isolation."""
+    n, height, width = frames.shape[:3]
+    cells = np.stack([cv2.resize(f.astype(np.float32) / 255, (width // stride, height // stride),
+                                 interpolation=cv2.INTER_AREA) for f in frames])
+    features = np.concatenate([cells, np.full((*cells.shape[:3], 1), 0.2, np.float32)], -1).astype(np.float16)
+    settings = EmbeddingSettings(backbone="colour", scale=1.0, levels=(stride,), saliency_stride=0)
+    emb = Embeddings(tmp_path, settings, (height, width), features, None, np.ones(n, bool))
+    return PMLSession(as_video(frames), emb, None, torch.device("cpu"))
+
+
+def test_a_click_flips_its_region_in_every_frame(tmp_path):
+    frames, masks = scene()
+    s = colour_session(frames, tmp_path)
+    s.add_prompts(Prompts().add_point(0, 30, 20, 1).add_point(0, 5, 80, 0))
+    labels = drive(s.predict_all(online_adaptation=False), quiet=True)
+    assert labels.shape == masks.shape
+    for t in range(len(frames)):
+        assert db_eval_iou(masks[t] == 1, labels[t] == 1) > 0.9
+    assert labels[:, 5, 80].max() == 0 and labels[:, 55, 5].max() == 0
+
+
+def test_a_negative_click_removes_a_region_and_deleting_it_brings_it_back(tmp_path):
+    frames, masks = scene(squares=((RED, 4), (ORANGE, 56)))
+    s = colour_session(frames, tmp_path)
+    s.add_prompts(Prompts().add_point(0, 30, 12, 1).add_point(0, 5, 50, 0), group=1)
+    before = s.predict_frame(2)
+    assert before[30, 66] == 1 and before[30, 14] == 1
+    s.add_prompts(Prompts().add_point(0, 30, 64, 0), group=2)
+    after = s.predict_frame(2)
+    assert after[30, 66] == 0 and after[30, 14] == 1
+    assert db_eval_iou(masks[2] == 1, after == 1) > 0.9
+    s.remove_group(2)
+    assert s.predict_frame(2)[30, 66] == 1
+
+
+def test_objects_keep_their_own_labels():
+    frames, masks = scene(squares=((RED, 4), (GREEN, 56)))
+    s = session(frames)
+    s.add_prompts(Prompts().add_mask(0, masks[0]))
+    labels = drive(s.predict_all(), quiet=True)
+    for t in range(len(frames)):
+        for obj in (1, 2):
+            assert db_eval_iou(masks[t] == obj, labels[t] == obj) > 0.85
+
+
+def test_online_adaptation_grows_the_pool_while_propagating():
+    frames, masks = scene(n=8)
+    s = session(frames)
+    s.add_prompts(Prompts().add_mask(0, masks[0]))
+    initial = len(s.pool)
+    sizes = []
+    gen = s.predict_all(online_adaptation=True, adapt_per_frame=50, adapt_window=3)
+    for _ in gen:
+        sizes.append(len(s.pool))
+    assert max(sizes) == initial + 3 * 50
+    assert len(s.pool) == initial
+
+
+def test_references_on_a_later_frame_segment_earlier_frames():
+    frames, masks = scene(n=6)
+    s = session(frames)
+    s.add_prompts(Prompts().add_mask(4, masks[4]))
+    labels = drive(s.predict_all(), quiet=True)
+    assert db_eval_iou(masks[0] == 1, labels[0] == 1) > 0.85
+
+
+def test_references_without_an_object_are_refused():
+    frames, _ = scene(n=2)
+    s = session(frames)
+    with pytest.raises(PromptError, match="no reference"):
+        s.predict_frame(0)
+    s.add_prompts(Prompts().add_point(0, 1, 1, 0))
+    with pytest.raises(PromptError, match="no object"):
+        s.predict_frame(0)
+
+
+def test_cell_labels_take_the_majority_of_each_cell():
+    labels = np.zeros((16, 16), np.int32)
+    labels[:8, :5] = 3
+    cells = cell_labels(labels, (2, 2), 8.0)
+    assert cells.tolist() == [[3, 0], [0, 0]]
