@@ -67,3 +67,23 @@ def test_points_table():
     prompts = prompts_from_points_table([[0, 5, 6, 1], [3, 1.5, 2.5, 0]])
     assert [(p.frame, p.y, p.x, p.label) for p in prompts.points] == [(0, 5, 6, 1), (3, 1.5, 2.5, 0)]
     assert prompts.frames == [0, 3]
+
+
+def test_napari_layer_converters():
+    from napari_vosembed.prompts import prompts_from_labels_layer, prompts_from_points_layer, prompts_from_rectangles
+
+    points = prompts_from_points_layer(np.array([[2, 10.5, 4.0], [0, 1, 1]]), [3, 0])
+    assert [(p.frame, p.y, p.x, p.label) for p in points.points] == [(2, 10.5, 4.0, 3), (0, 1.0, 1.0, 0)]
+    with pytest.raises(PromptError, match="3 coordinates"):
+        prompts_from_points_layer(np.zeros((2, 2)), [1, 1])
+
+    rect = np.array([[1, 40, 10], [1, 40, 30], [1, 20, 30], [1, 20, 10]])
+    box = prompts_from_rectangles([rect]).boxes[0]
+    assert (box.frame, box.y0, box.x0, box.y1, box.x1, box.label) == (1, 20, 10, 40, 30, 1)
+    with pytest.raises(PromptError, match="single frame"):
+        prompts_from_rectangles([rect + np.array([[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]])])
+
+    volume = np.zeros((3, 4, 4), np.uint8)
+    volume[1, 0, 0] = 2
+    assert list(prompts_from_labels_layer(volume).masks) == [1]
+    assert list(prompts_from_labels_layer(volume, "scribble").scribbles) == [1]

@@ -195,6 +195,51 @@ def _box_pixels(b: Box, height: int, width: int) -> list[tuple[np.ndarray, ...]]
     return [bg, fg]
 
 
+def prompts_from_points_layer(data: np.ndarray, labels) -> Prompts:
+    """Prompts from a napari Points layer's data `(N, 3)` rows `(t, y, x)` and its `label` feature
+    (object id, 0 = background). Extra leading axes are not supported."""
+    data = np.asarray(data, dtype=float)
+    labels = np.asarray(labels)
+    if data.ndim != 2 or data.shape[1] != 3:
+        raise PromptError(f"points must have 3 coordinates (frame, y, x), got an array of shape {data.shape}")
+    if len(labels) != len(data):
+        raise PromptError(f"{len(data)} points but {len(labels)} labels")
+    prompts = Prompts()
+    for (t, y, x), label in zip(data, labels):
+        prompts.add_point(int(round(t)), y, x, int(label))
+    return prompts
+
+
+def prompts_from_rectangles(rectangles, labels=None) -> Prompts:
+    """Prompts from napari Shapes rectangles: each a `(4, 3)` array of `(t, y, x)` corners on one
+    frame; `labels` gives their object ids (default 1, 2, ... in drawing order)."""
+    prompts = Prompts()
+    for i, corners in enumerate(rectangles):
+        corners = np.asarray(corners, dtype=float)
+        if corners.ndim != 2 or corners.shape[1] != 3:
+            raise PromptError(f"box {i} must have (frame, y, x) corners, got an array of shape {corners.shape}")
+        frames = np.unique(np.round(corners[:, 0]))
+        if len(frames) != 1:
+            raise PromptError(f"box {i} spans frames {frames.astype(int).tolist()}; draw a box on a single frame")
+        label = i + 1 if labels is None else int(labels[i])
+        prompts.add_box(int(frames[0]), corners[:, 1].min(), corners[:, 2].min(), corners[:, 1].max(),
+                        corners[:, 2].max(), label)
+    return prompts
+
+
+def prompts_from_labels_layer(volume, kind: str = "mask") -> Prompts:
+    """Prompts from a napari Labels layer `(T, H, W)`: every frame with any label becomes a dense
+    mask (`kind="mask"`) or a scribble (`kind="scribble"`, 0 = not annotated)."""
+    if kind not in ("mask", "scribble"):
+        raise ValueError(f"kind must be 'mask' or 'scribble', not {kind!r}")
+    prompts = Prompts()
+    for t in range(len(volume)):
+        frame = np.asarray(volume[t])
+        if frame.any():
+            (prompts.add_mask if kind == "mask" else prompts.add_scribble)(t, frame)
+    return prompts
+
+
 def prompts_from_points_table(rows: np.ndarray) -> Prompts:
     """Prompts from an (N, 4) table of `frame, y, x, label` rows (the CLI's CSV)."""
     rows = np.asarray(rows, dtype=float).reshape(-1, 4)

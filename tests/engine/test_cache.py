@@ -15,12 +15,15 @@ def _video(n=5, seed=0):
 
 def test_embeddings_have_the_documented_layout():
     emb = drive(embed_video(_video(), TINY, device="cpu"), quiet=True)
-    assert emb.features.shape == (5, 10, 13, 16 + 32) and emb.features.dtype == np.float16
+    assert emb.levels[4].shape == (5, 10, 13, 16) and emb.levels[8].shape == (5, 5, 7, 32)
+    assert emb.levels[4].dtype == np.float16 and emb.grid_shape == (10, 13) and emb.channels == 48
     assert emb.saliency.shape == (5, 19, 25)
     assert emb.complete and emb.computed == 5
-    norms = np.linalg.norm(emb.features[0].astype(np.float32)[..., :16], axis=-1)
-    np.testing.assert_allclose(norms, 1, atol=2e-3)
-    assert emb.nbytes >= emb.features.nbytes and cache_usage() >= emb.nbytes
+    np.testing.assert_allclose(np.linalg.norm(emb.levels[8][2].astype(np.float32), axis=-1), 1, atol=2e-3)
+    combined = emb.frame_features(2).numpy()
+    assert combined.shape == (10, 13, 48)
+    np.testing.assert_allclose(combined[..., :16], emb.levels[4][2], atol=2e-3)
+    assert emb.nbytes >= emb.levels[4].nbytes + emb.levels[8].nbytes and cache_usage() >= emb.nbytes
 
 
 def test_second_run_reuses_the_cache_and_a_changed_video_does_not():
@@ -28,7 +31,7 @@ def test_second_run_reuses_the_cache_and_a_changed_video_does_not():
     first = drive(embed_video(video, TINY, device="cpu"), quiet=True)
     again = drive(embed_video(video, TINY, device="cpu"), quiet=True)
     assert again.computed == 0 and again.path == first.path
-    np.testing.assert_array_equal(first.features[3], again.features[3])
+    np.testing.assert_array_equal(first.levels[8][3], again.levels[8][3])
     video[2, 0, 0] ^= 1
     changed = drive(embed_video(video, TINY, device="cpu"), quiet=True)
     assert changed.computed == 5 and changed.path != first.path
@@ -49,7 +52,7 @@ def test_cancelled_work_resumes_where_it_stopped():
 def test_scale_halves_the_grid():
     emb = drive(embed_video(_video(n=2), EmbeddingSettings("tiny", scale=0.5, levels=(4,), saliency_stride=0),
                             device="cpu"), quiet=True)
-    assert emb.features.shape[1:3] == (5, 7) and emb.saliency is None
+    assert emb.grid_shape == (5, 7) and emb.saliency is None
     assert emb.settings.stride == 8
 
 

@@ -42,7 +42,7 @@ def colour_session(frames, tmp_path, stride=4):
                                  interpolation=cv2.INTER_AREA) for f in frames])
     features = np.concatenate([cells, np.full((*cells.shape[:3], 1), 0.2, np.float32)], -1).astype(np.float16)
     settings = EmbeddingSettings(backbone="colour", scale=1.0, levels=(stride,), saliency_stride=0)
-    emb = Embeddings(tmp_path, settings, (height, width), features, None, np.ones(n, bool))
+    emb = Embeddings(tmp_path, settings, (height, width), {stride: features}, None, np.ones(n, bool))
     return PMLSession(as_video(frames), emb, None, torch.device("cpu"))
 
 

@@ -1,4 +1,11 @@
-"""npe2 reader: videos, frame folders, (OME-)TIFF stacks and sequences with ground truth."""
+"""npe2 reader: videos, frame folders, (OME-)TIFF stacks and sequences with ground truth.
+
+Everything opens lazily (a dask array that decodes a frame when napari shows it). A sequence
+folder (`SEQ/frames` + `SEQ/masks`, or DAVIS's `ROOT/JPEGImages/480p/SEQ`) opens as an Image
+layer plus a Labels layer of its ground truth. Folders that are neither a frame folder nor a
+sequence, and TIFFs that are single images or layouts we do not read, get `None`, so that other
+readers can take them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VosEmbedError
+from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .layers import ROLE_KEY, SOURCE_KEY, labels_colormap
+
+TIFF_EXTENSIONS = (".tif", ".tiff")
+#: File patterns the plugin asks napari to open with this reader by default (see `prefer_reader`).
+PREFERRED_PATTERNS = tuple(f"*{ext}" for ext in VIDEO_EXTENSIONS)
+PLUGIN_NAME = "napari-vosembed"
 
 
 def lazy_array(video):
@@ -19,43 +33,113 @@ def lazy_array(video):
     return da.stack(frames)
 
 
+def _is_davis_sequence(path: Path) -> bool:
+    return path.parent.parent.name == "JPEGImages" and path.parent.parent.parent.joinpath(
+        "Annotations", path.parent.name, path.name).is_dir()
+
+
 def _is_sequence(path: Path) -> bool:
-    return (path / "frames").is_dir() and (path / "masks").is_dir() or path.parent.name == "480p"
+    return ((path / "frames").is_dir() and (path / "masks").is_dir()) or _is_davis_sequence(path)
+
+
+def _has_frames(folder: Path) -> bool:
+    try:
+        return any(p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+                   for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _tiff_is_a_stack(path: Path) -> bool:
+    """A TIFF we read as a video: a supported layout with more than one frame."""
+    from ..io import open_video
+
+    try:
+        with open_video(path) as video:
+            return len(video) > 1
+    except VosEmbedError:
+        return False
 
 
 def get_reader(path):
     """Return a reader for `path` when it is something we read, else None (npe2 protocol)."""
-    if isinstance(path, list):
-        return None
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
     p = Path(path)
     if not p.exists():
         return None
-    return _read
+    if p.is_dir():
+        if _is_sequence(p) or _has_frames(p) or ((p / "frames").is_dir() and _has_frames(p / "frames")):
+            return read
+        return None
+    name = p.name.lower()
+    if p.suffix.lower() in VIDEO_EXTENSIONS:
+        return read
+    if name.endswith(TIFF_EXTENSIONS) and _tiff_is_a_stack(p):
+        return read
+    return None
 
 
-def _read(path):
+def read(path):
+    """Layer data of `path`: an Image layer, plus a Labels layer of ground truth for sequences."""
     from ..io import open_video, read_sequence
 
+    if isinstance(path, (list, tuple)):
+        path = path[0]
     p = Path(path)
     try:
         if p.is_dir() and _is_sequence(p):
             seq = read_sequence(p)
-            layers = [_image_layer(seq.video, seq.name)]
+            layers = [image_layer_data(seq.video, seq.name)]
             masks = [seq.masks[t] for t in range(len(seq.masks))]
             if any(m is not None for m in masks):
                 shape = seq.video.shape[1:3]
                 gt = np.stack([m if m is not None else np.zeros(shape, np.int32) for m in masks])
-                layers.append((gt, {"name": f"{seq.name} ground truth", "opacity": 0.5}, "labels"))
+                if gt.max() <= np.iinfo(np.uint8).max:
+                    gt = gt.astype(np.uint8)
+                meta = {"name": f"{seq.name} ground truth", "opacity": 0.5, "colormap": labels_colormap(),
+                        "metadata": {ROLE_KEY: "ground truth"}}
+                layers.append((gt, meta, "labels"))
             return layers
         video = open_video(p)
     except VosEmbedError as err:
         raise ValueError(str(err)) from err
-    return [_image_layer(video, p.stem)]
+    name = p.name[: -len(".ome.tif")] if p.name.lower().endswith(".ome.tif") else p.stem
+    if p.name.lower().endswith(".ome.tiff"):
+        name = p.name[: -len(".ome.tiff")]
+    return [image_layer_data(video, name)]
 
 
-def _image_layer(video, name):
+def image_layer_data(video, name):
+    """(data, meta, "image") of a `Video`: lazy, RGB when it has 3 channels; contrast limits
+    from the video's robust intensity range (0.5 / 99.5 percentiles) for 16-bit and float."""
     rgb = len(video.shape) == 4
-    meta = {"name": name, "rgb": rgb}
+    meta = {"name": name, "rgb": rgb, "metadata": {SOURCE_KEY: str(video.source) if video.source else ""}}
     if video.dtype != np.uint8:
         meta["contrast_limits"] = [float(v) for v in video.intensity_range()]
     return (lazy_array(video), meta, "image")
+
+
+# Kept for callers of the first version of this module.
+_read = read
+_image_layer = image_layer_data
+
+
+def prefer_reader(patterns=PREFERRED_PATTERNS) -> dict[str, str]:
+    """Make this plugin napari's reader for video files, where the user has no preference yet.
+
+    napari_builtins also claims *.mp4, *.avi, *.mov, *.webm and *.mkv, so without a preference
+    `viewer.open(path, plugin=None)` raises MultipleReaderError and the GUI asks which reader to
+    use. This writes what the GUI's "remember this choice" writes (napari's settings,
+    `plugins.extension2reader`), never overriding a choice the user made. Returns what it added.
+    """
+    from napari.settings import get_settings
+
+    settings = get_settings().plugins
+    current = dict(settings.extension2reader)
+    added = {pattern: PLUGIN_NAME for pattern in patterns if pattern not in current}
+    if added:
+        settings.extension2reader = {**current, **added}
+    return added

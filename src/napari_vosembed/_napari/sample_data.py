@@ -1,6 +1,7 @@
 """The sample clip as napari layer data."""
 
 from ..sample import SAMPLE_NAME, sample_clip as _clip
+from .layers import ROLE_KEY, labels_colormap
 
 
 def sample_clip():
@@ -8,5 +9,6 @@ def sample_clip():
     frames, masks = _clip()
     return [
         (frames, {"name": SAMPLE_NAME, "rgb": True}, "image"),
-        (masks, {"name": f"{SAMPLE_NAME} ground truth", "opacity": 0.5}, "labels"),
+        (masks, {"name": f"{SAMPLE_NAME} ground truth", "opacity": 0.5, "colormap": labels_colormap(),
+                 "metadata": {ROLE_KEY: "ground truth"}}, "labels"),
     ]

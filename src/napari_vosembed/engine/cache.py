@@ -29,7 +29,7 @@ from ..progress import Progress
 from .backbone import feature_size, get_backbone
 from .fetch import cache_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HASH_BLOCK = 1 << 22
 
 
@@ -37,17 +37,18 @@ _HASH_BLOCK = 1 << 22
 class EmbeddingSettings:
     """What to compute and keep.
 
-    scale: frames are resized by this factor before the backbone. The default, half size with
-        backbone strides 4 and 8, gives a stride-8 grid of the frame at a quarter of the work of
-        full size (see docs/benchmarks.md).
-    levels: backbone strides whose features are kept; each level is L2-normalised per pixel,
-        coarser levels are bilinearly upsampled to the finest one, and they are concatenated.
+    scale: frames are resized by this factor before the backbone. The default, half size,
+        gives a stride-8 grid of the frame (backbone stride 4) at a quarter of the work of full
+        size (see docs/benchmarks.md).
+    levels: backbone strides whose features are kept, each L2-normalised per pixel and stored at
+        its own resolution; `Embeddings.frame_features` upsamples the coarser ones to the finest
+        and concatenates them. Decoder strides 4 to 32 retrieve far better than 4 and 8 alone.
     saliency_stride: the objectness map is kept at this stride of the frame (0: not kept).
     """
 
     backbone: str = "isnet"
     scale: float = 0.5
-    levels: tuple[int, ...] = (4, 8)
+    levels: tuple[int, ...] = (4, 8, 16, 32)
     saliency_stride: int = 4
 
     @property
@@ -58,22 +59,28 @@ class EmbeddingSettings:
 
 @dataclass
 class Embeddings:
-    """The cached embeddings of one video (memory-mapped, read-only views once complete).
+    """The cached embeddings of one video, memory-mapped.
 
-    features: (T, h, w, C) float16, channels last; saliency: (T, hs, ws) float16 in [0, 1] or None.
+    levels: backbone stride -> (T, h_s, w_s, C_s) float16, channels last, L2-normalised per pixel;
+    saliency: (T, hs, ws) float16 in [0, 1], or None.
     """
 
     path: Path
     settings: EmbeddingSettings
     frame_shape: tuple[int, int]
-    features: np.ndarray
+    levels: dict[int, np.ndarray]
     saliency: np.ndarray | None
     done: np.ndarray
     computed: int = 0
 
     @property
     def grid_shape(self) -> tuple[int, int]:
-        return self.features.shape[1:3]
+        """The grid of `frame_features`: the finest level's, one cell per `settings.stride` pixels."""
+        return self.levels[min(self.levels)].shape[1:3]
+
+    @property
+    def channels(self) -> int:
+        return sum(a.shape[-1] for a in self.levels.values())
 
     @property
     def complete(self) -> bool:
@@ -85,8 +92,11 @@ class Embeddings:
         return sum(p.stat().st_size for p in self.path.iterdir())
 
     def frame_features(self, t: int) -> torch.Tensor:
-        """Features of frame t as a float32 tensor (h, w, C)."""
-        return torch.from_numpy(np.asarray(self.features[t], dtype=np.float32))
+        """Features of frame t as a float32 tensor (h, w, C): every level bilinearly upsampled to
+        the grid and concatenated (each level keeps unit norm before upsampling)."""
+        maps = {level: torch.from_numpy(np.asarray(a[t], dtype=np.float32)).permute(2, 0, 1)[None]
+                for level, a in self.levels.items()}
+        return combine_levels(maps, tuple(self.levels))[0].permute(1, 2, 0)
 
 
 def video_fingerprint(video) -> str:
@@ -145,15 +155,15 @@ def _backbone_id(settings: EmbeddingSettings) -> str:
     return settings.backbone
 
 
-def _grid(height: int, width: int, settings: EmbeddingSettings) -> tuple[int, int]:
-    """Feature grid: the finest kept level of the backbone on the scaled frame."""
-    return feature_size(round(height * settings.scale), round(width * settings.scale), min(settings.levels))
-
-
-def _arrays(path: Path, settings: EmbeddingSettings, shape: tuple[int, int, int], channels: int | None):
-    """Memory-map the arrays of a cache entry; `channels` given: create them."""
+def _arrays(path: Path, settings: EmbeddingSettings, shape: tuple[int, int, int],
+            channels: dict[int, int] | None) -> dict[str, np.ndarray]:
+    """Memory-map the arrays of a cache entry (`s4`, `s8`, ... per level, `saliency`, `done`);
+    `channels` (level -> channels) given: create them."""
     n, height, width = shape
-    files = {"features": ((n, *_grid(height, width, settings), channels), np.float16), "done": ((n,), np.bool_)}
+    scaled = (round(height * settings.scale), round(width * settings.scale))
+    files = {"done": ((n,), np.bool_)}
+    for level in settings.levels:
+        files[f"s{level}"] = ((n, *feature_size(*scaled, level), channels[level] if channels else 0), np.float16)
     if settings.saliency_stride:
         files["saliency"] = ((n, *feature_size(height, width, settings.saliency_stride)), np.float16)
     if channels is None:
@@ -163,7 +173,7 @@ def _arrays(path: Path, settings: EmbeddingSettings, shape: tuple[int, int, int]
 
 
 def combine_levels(features: dict[int, torch.Tensor], levels: tuple[int, ...]) -> torch.Tensor:
-    """Concatenate per-pixel L2-normalised feature maps, upsampled to the finest level."""
+    """Concatenate per-pixel L2-normalised (B, C, h, w) feature maps, upsampled to the finest level."""
     finest = features[min(levels)]
     maps = []
     for level in levels:
@@ -196,7 +206,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
                 f"backbone {backbone.name} has feature strides {', '.join(map(str, backbone.strides))}; "
                 f"the embedding settings ask for {', '.join(map(str, missing))}"
             )
-        channels = sum(backbone.feature_channels[level] for level in settings.levels)
+        channels = {level: backbone.feature_channels[level] for level in settings.levels}
         partial = path.with_name(path.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -224,19 +234,21 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
                 images = F.interpolate(images, size=scaled, mode="bilinear", align_corners=False, antialias=True)
             with torch.inference_mode():
                 out = backbone(images)
-                feats = combine_levels(out.features, settings.levels).permute(0, 2, 3, 1)
-                arrays["features"][batch] = feats.half().cpu().numpy()
+                for level in settings.levels:
+                    feats = F.normalize(out.features[level], dim=1).permute(0, 2, 3, 1)
+                    arrays[f"s{level}"][batch] = feats.half().cpu().numpy()
                 if "saliency" in arrays:
                     size = arrays["saliency"].shape[1:]
                     sal = F.interpolate(out.saliency, size=size, mode="area") if out.saliency is not None else None
                     if sal is None:
                         raise ValueError(f"backbone {backbone.name} gives no saliency; set saliency_stride=0")
                     arrays["saliency"][batch] = sal[:, 0].half().cpu().numpy()
-            for name in ("features", "saliency"):
-                if name in arrays:
-                    arrays[name].flush()
+            for name, array in arrays.items():
+                if name != "done":
+                    array.flush()
             done[batch] = True
             done.flush()
             computed += len(batch)
             yield Progress(int(done.sum()), n, "embedding")
-    return Embeddings(path, settings, (height, width), arrays["features"], arrays.get("saliency"), done, computed)
+    levels = {level: arrays[f"s{level}"] for level in settings.levels}
+    return Embeddings(path, settings, (height, width), levels, arrays.get("saliency"), done, computed)

@@ -83,15 +83,18 @@ class PMLSession:
     """Interactive PML on one video: embeddings are computed once, every edit re-runs retrieval.
 
     k_mask / k_click: neighbours voting when the pool holds mask (or scribble) pixels / only
-    clicks (Sec. 3.2: k = 5 and k = 1).
+    clicks (Sec. 3.2: k = 5 and k = 1). max_refs_per_frame: a dense mask adds at most this many
+    cells, split evenly between its labels (all of a label's cells when it has fewer), which
+    bounds the retrieval cost per frame.
     """
 
     def __init__(self, video, embeddings: Embeddings, head: PMLHead | None, device: torch.device,
-                 k_mask: int = 5, k_click: int = 1, refine: bool = True):
+                 k_mask: int = 5, k_click: int = 1, refine: bool = True, max_refs_per_frame: int = 2500):
         self.video = video
         self.embeddings = embeddings
         self.device = device
         self.k_mask, self.k_click, self.refine = k_mask, k_click, refine
+        self.max_refs_per_frame = max_refs_per_frame
         self.frame_shape = embeddings.frame_shape
         self.grid = embeddings.grid_shape
         self.stride = embeddings.settings.stride
@@ -118,7 +121,7 @@ class PMLSession:
 
     def _embed_all(self) -> np.ndarray:
         """(T, h*w, d) float16 pixel embeddings: the head applied to every frame (or the raw features)."""
-        n, channels = len(self.video), self.embeddings.features.shape[-1]
+        n, channels = len(self.video), self.embeddings.channels
         dim = channels if self.head is None else self.head.config["dim"]
         out = np.empty((n, self.grid[0] * self.grid[1], dim), np.float16)
         with torch.inference_mode():
@@ -144,7 +147,8 @@ class PMLSession:
         prompts.validate(len(self.video), height, width, require_object=False)
         for frame, image in prompts.masks.items():
             cells = cell_labels(image, self.grid, self.stride).reshape(-1)
-            self.pool.add(self._pixel_embeddings[frame].astype(np.float32), cells, group)
+            keep = self._stratified(cells, np.random.default_rng(frame))
+            self.pool.add(self._pixel_embeddings[frame, keep].astype(np.float32), cells[keep], group)
         sparse = Prompts(points=prompts.points, boxes=prompts.boxes, scribbles=prompts.scribbles)
         ref = sparse.reference_pixels(height, width)
         if len(ref):
@@ -156,6 +160,16 @@ class PMLSession:
         self.prompts.boxes += prompts.boxes
         self.prompts.masks.update(prompts.masks)
         self.prompts.scribbles.update(prompts.scribbles)
+
+    def _stratified(self, cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Indices of at most `max_refs_per_frame` cells, an equal quota per label."""
+        values = np.unique(cells)
+        quota = self.max_refs_per_frame // len(values)
+        picks = []
+        for v in values:
+            idx = np.flatnonzero(cells == v)
+            picks.append(idx if len(idx) <= quota else np.sort(rng.choice(idx, quota, replace=False)))
+        return np.concatenate(picks)
 
     def remove_group(self, group: int) -> int:
         """Drop a group of references (e.g. a deleted click); returns how many."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.cache import EmbeddingSettings, embed_video
+from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
 from ..io import list_sequences, read_sequence
 from ..methods.pml import PMLHead, cell_labels, grid_coords
 from ..progress import Progress
@@ -51,7 +51,7 @@ class TrainConfig:
 @dataclass
 class TrainingVideo:
     name: str
-    features: np.ndarray  # (T, h, w, C) float16 memmap
+    embeddings: Embeddings
     labels: np.ndarray  # (T, h*w) int64, the majority ground-truth label of each cell
 
 
@@ -65,15 +65,15 @@ def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, devic
         grid = emb.grid_shape
         labels = np.stack([cell_labels(seq.masks[t], grid, settings.stride).reshape(-1)
                            for t in range(len(seq.masks))])
-        videos.append(TrainingVideo(name, emb.features, labels.astype(np.int64)))
+        videos.append(TrainingVideo(name, emb, labels.astype(np.int64)))
         yield Progress(i + 1, len(names), "ground truth")
     return videos
 
 
 def _frame_inputs(video: TrainingVideo, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n, h, w, c = video.features.shape
-    feats = torch.from_numpy(np.asarray(video.features[t], dtype=np.float32).reshape(-1, c))
-    return feats, grid_coords(t, n, (h, w))
+    emb = video.embeddings
+    feats = emb.frame_features(t)
+    return feats.reshape(-1, feats.shape[-1]), grid_coords(t, len(video.labels), emb.grid_shape)
 
 
 def sample_triplet(video: TrainingVideo, n_anchors: int, n_pool: int, rng: np.random.Generator):
@@ -102,7 +102,7 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    head = PMLHead(videos[0].features.shape[-1], config.dim, config.hidden)
+    head = PMLHead(videos[0].embeddings.channels, config.dim, config.hidden)
     optimiser = torch.optim.Adam(head.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
     loss_fn = LOSSES[config.loss]

@@ -1,0 +1,214 @@
+"""Long work (embedding, retrieval, propagation) off the main thread, with napari progress bars.
+
+The library's long functions are generators that yield `Progress(done, total, stage)` and return
+their result. `Job` runs one in a napari thread worker, draws a napari progress bar (with a cancel
+button in the activity dock), and calls back on the main thread with the result, the error, or
+nothing when cancelled. Cancelling quits the worker and closes the library generator, which stops
+the library's work at its next step.
+
+`VOSEMBED_SYNC_WORKERS=1` (set by the test suite) runs every job synchronously in the calling
+thread instead: same callbacks, same cancellation, deterministic tests. It is read here and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Generator
+from typing import Any
+
+from ..errors import VosEmbedError
+from ..progress import Progress
+
+log = logging.getLogger(__name__)
+
+SYNC_ENV = "VOSEMBED_SYNC_WORKERS"
+
+
+def sync_workers() -> bool:
+    """True when jobs must run synchronously (`VOSEMBED_SYNC_WORKERS` set to 1 / true / yes)."""
+    return os.environ.get(SYNC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def error_message(err: BaseException) -> str:
+    """The message a user sees: the library's own message for the errors a user can cause."""
+    if isinstance(err, VosEmbedError):
+        return str(err)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def notify_error(err: BaseException | str) -> None:
+    """Show an error as a napari notification (never raises)."""
+    from napari.utils.notifications import show_error
+
+    if isinstance(err, BaseException) and not isinstance(err, VosEmbedError):
+        log.error("napari-vosembed: unexpected error", exc_info=err)
+    show_error(err if isinstance(err, str) else error_message(err))
+
+
+def _make_bar(desc: str, total: int, on_cancel: Callable[[], None]):
+    from napari.utils import cancelable_progress
+
+    class _Bar(cancelable_progress):
+        def cancel(self) -> None:  # the activity dock's cancel button
+            super().cancel()
+            on_cancel()
+
+    return _Bar(total=total, desc=desc)
+
+
+class Job:
+    """One library generator run in a thread worker (or synchronously, see `sync_workers`).
+
+    on_progress(Progress), on_result(value), on_error(exception) and on_done(job) are called on
+    the main thread; on_done always comes last, also after a cancel. `cancelled`, `failed` and
+    `result` tell how it ended. Errors are shown as notifications unless `on_error` is given.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], Generator[Progress, Any, Any]],
+        desc: str,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_result: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_done: Callable[[Job], None] | None = None,
+        show_progress: bool = True,
+    ):
+        self._make = make
+        self.desc = desc
+        self._on_progress = on_progress
+        self._on_result = on_result
+        self._on_error = on_error
+        self._on_done = on_done
+        self._show_progress = show_progress
+        self._bar = None
+        self._stage: str | None = None
+        self._gen: Generator | None = None
+        self._worker = None
+        self.cancelled = False
+        self.failed = False
+        self.finished = False
+        self.result: Any = None
+        self.last_progress: Progress | None = None
+
+    # -- control -------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._gen is not None and not self.finished
+
+    def start(self) -> Job:
+        self._gen = self._make()
+        if sync_workers():
+            self._run_sync()
+        else:
+            self._start_thread()
+        return self
+
+    def cancel(self) -> None:
+        """Stop at the next step; the result is dropped and on_done still comes."""
+        if self.finished or self.cancelled:
+            return
+        self.cancelled = True
+        if self._worker is not None:
+            self._worker.quit()
+
+    # -- the two ways to run -------------------------------------------------------------------
+    def _run_sync(self) -> None:
+        gen = self._gen
+        try:
+            while not self.cancelled:
+                try:
+                    step = next(gen)
+                except StopIteration as stop:
+                    self._returned(stop.value)
+                    break
+                self._yielded(step)
+        except Exception as err:  # noqa: BLE001 - every error becomes a notification
+            self._errored(err)
+        finally:
+            gen.close()
+            self._finish()
+
+    def _start_thread(self) -> None:
+        from napari.qt.threading import GeneratorWorker
+
+        gen = self._gen
+
+        def work():
+            # A generator function, so that napari's GeneratorWorker checks `quit()` between steps.
+            result = yield from gen
+            return result
+
+        worker = GeneratorWorker(work)
+        worker.yielded.connect(self._yielded)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(self._errored)
+        worker.finished.connect(self._finish)
+        self._worker = worker
+        worker.start()
+
+    # -- callbacks (main thread) ---------------------------------------------------------------
+    def _yielded(self, step) -> None:
+        if self.cancelled or not isinstance(step, Progress):
+            return
+        self.last_progress = step
+        if self._show_progress:
+            if self._bar is None or step.stage != self._stage:
+                self._close_bar()
+                self._stage = step.stage
+                self._bar = _make_bar(f"{self.desc}: {step.stage}", step.total, self.cancel)
+            self._bar.update(max(0, step.done - self._bar.n))
+        if self._on_progress is not None:
+            self._on_progress(step)
+
+    def _returned(self, value) -> None:
+        if self.cancelled:
+            return
+        self.result = value
+        if self._on_result is not None:
+            try:
+                self._on_result(value)
+            except Exception as err:  # noqa: BLE001
+                self._errored(err)
+
+    def _errored(self, err: BaseException) -> None:
+        if self.cancelled:
+            return
+        self.failed = True
+        if self._on_error is not None:
+            self._on_error(err)
+        else:
+            notify_error(err)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._close_bar()
+        if self._gen is not None:
+            try:
+                self._gen.close()  # a cancelled worker leaves the library generator suspended
+            except ValueError:  # still executing in its thread: it stops at its next step
+                pass
+        if self._on_done is not None:
+            self._on_done(self)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def wait(self, timeout_s: float = 60.0) -> bool:
+        """Block, processing Qt events, until the job is done; True when it finished in time."""
+        import time
+
+        from qtpy.QtCore import QCoreApplication
+
+        deadline = time.monotonic() + timeout_s
+        while not self.finished and time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            time.sleep(0.005)
+        return self.finished

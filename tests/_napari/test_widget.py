@@ -1,0 +1,328 @@
+"""The dock widget with a real viewer: clicks, boxes and masks in, a Labels layer out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_vosembed._napari import layers as L
+from napari_vosembed._napari.widget import SegmentWidget
+
+FRAME = 6  # the frame the tests annotate (the horse is fully in view)
+CLIP = (12, 120, 160)  # the clip of conftest.py: frames, height, width
+
+
+def sample_points(mask, n_pos, n_neg, seed=0):
+    """Positive clicks well inside the object, negative ones well outside it."""
+    rng = np.random.default_rng(seed)
+    inner = ndimage.binary_erosion(mask, iterations=3)
+    outer = ~ndimage.binary_dilation(mask, iterations=6)
+    pos = np.argwhere(inner)[rng.choice(int(inner.sum()), n_pos, replace=False)]
+    neg = np.argwhere(outer)[rng.choice(int(outer.sum()), n_neg, replace=False)]
+    return pos, neg
+
+
+def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(clip):
+    w = clip.widget
+    assert isinstance(w, SegmentWidget)
+    assert w.image.value is clip.image
+    assert w.method.value == "pml" and "pml" in w.method.choices
+    assert set(w.params()) == {"head", "online_adaptation", "k_mask", "k_click", "refine"}
+    basic = {widget.name for widget in w._basic}
+    advanced = {widget.name for widget in w._advanced}
+    assert basic == {"head", "online_adaptation"} and advanced == {"k_mask", "k_click", "refine"}
+    assert not w._advanced_box.isExpanded()  # advanced parameters start folded away
+    assert w.device.choices == ("auto", "cpu", "cuda")
+    # PML does not propagate: those buttons are off; nothing runs, so there is nothing to cancel
+    assert not w.forward_button.enabled and not w.backward_button.enabled
+    assert w.segment_button.enabled and not w.cancel_button.enabled
+    assert w.output.value is None  # (new layer): never a layer the user made
+
+
+def test_clicks_segment_the_object_in_every_frame_as_you_click(clip, click):
+    viewer, w = clip.viewer, clip.widget
+    points = w.add_points_layer()
+    assert viewer.layers.selection.active is points and points.mode == "add"
+    pos, neg = sample_points(clip.masks[FRAME], 8, 16)
+
+    click(viewer, points, FRAME, *pos[0])
+    out = w.output.value
+    assert out is not None and out.name == f"{clip.image.name} segmentation"
+    assert out.data.shape == CLIP and out.data.dtype == np.uint8
+    assert viewer.layers.selection.active is points  # the output did not steal the clicks
+    assert list(viewer.layers).index(out) == list(viewer.layers).index(clip.image) + 1
+
+    for y, x in pos[1:]:
+        click(viewer, points, FRAME, y, x)
+    for y, x in neg:
+        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    labels = np.asarray(points.features["label"])
+    assert labels.tolist() == [1] * len(pos) + [0] * len(neg)
+    assert np.allclose(points.data[:, 0], FRAME)  # each click lives on its frame
+    # colours follow the DAVIS palette of the output: object 1 dark red, negatives dark grey
+    assert np.allclose(points.face_color[0], L.label_color(1))
+    assert np.allclose(points.face_color[-1], L.NEGATIVE_COLOR)
+    j_frame, j_clip = clip.J(frames=[FRAME]), clip.J()
+    print(f"J on the clicked frame {j_frame:.3f}, over the clip {j_clip:.3f}")
+    assert j_frame > 0.25 and j_clip > 0.2  # measured 0.30 / 0.26; everything-foreground is 0.07
+    assert clip.errors() == []
+
+
+def test_a_negative_click_removes_its_region_and_deleting_it_brings_it_back(clip, click):
+    viewer, w = clip.viewer, clip.widget
+    points = w.add_points_layer()
+    pos, neg = sample_points(clip.masks[FRAME], 4, 6)
+    for y, x in pos:
+        click(viewer, points, FRAME, y, x)
+    for y, x in neg:
+        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    out = w.output.value
+    before = np.array(out.data)
+    # a pixel of the background that the clicks label as the object
+    wrong = np.argwhere((before[FRAME] == 1) & ~ndimage.binary_dilation(clip.masks[FRAME], iterations=4))
+    assert len(wrong), "the few clicks should leave some background labelled"
+    y, x = wrong[len(wrong) // 2]
+
+    w.negative.value = True  # the toggle, instead of Shift
+    click(viewer, points, FRAME, y, x)
+    w.negative.value = False
+    assert int(points.features["label"].iloc[-1]) == 0
+    after = np.array(out.data)
+    assert after[FRAME, y, x] == 0
+    assert (after == 1).sum() < (before == 1).sum()
+
+    points.selected_data = {len(points.data) - 1}
+    points.remove_selected()
+    np.testing.assert_array_equal(out.data, before)
+
+
+def test_moving_a_point_updates_the_labels(clip, click):
+    viewer, w = clip.viewer, clip.widget
+    points = w.add_points_layer()
+    pos, neg = sample_points(clip.masks[FRAME], 3, 6)
+    for y, x in pos:
+        click(viewer, points, FRAME, y, x)
+    for y, x in neg:
+        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    before = np.array(w.output.value.data)
+    data = np.array(points.data)
+    data[0, 1:] = neg[0]  # drag the first positive click onto the background
+    points.data = data
+    assert not np.array_equal(w.output.value.data, before)
+
+
+def test_boxes_segment_the_object(clip):
+    viewer, w = clip.viewer, clip.widget
+    boxes = w.add_boxes_layer()
+    assert boxes.mode == "add_rectangle"
+    ys, xs = np.nonzero(clip.masks[FRAME])
+    corners = np.array([[FRAME, ys.min(), xs.min()], [FRAME, ys.max() + 1, xs.max() + 1]], float)
+    boxes.add_rectangles(corners)
+    assert int(boxes.features["label"].iloc[0]) == 1
+    assert w.output.value is not None  # the box alone updated the output (PML, as you draw)
+    w.segment_button.clicked.emit()
+    j_frame, j_clip = clip.J(frames=[FRAME]), clip.J()
+    print(f"box: J on the frame {j_frame:.3f}, over the clip {j_clip:.3f}")
+    assert j_frame > 0.2 and j_clip > 0.1
+    assert clip.errors() == []
+
+
+def test_a_painted_mask_segments_the_object(clip):
+    w = clip.widget
+    w.instant.value = False  # this test drives "Segment all frames" by itself
+    masks = w.add_mask_layer()
+    ys, xs = np.nonzero(clip.masks[FRAME])
+    masks.data_setitem((np.full(len(ys), FRAME), ys, xs), 1)  # what painting does
+    assert w.output.value is None  # instant updates are off
+    w.segment_button.clicked.emit()
+    j_frame, j_clip = clip.J(frames=[FRAME]), clip.J()
+    print(f"mask: J on the frame {j_frame:.3f}, over the clip {j_clip:.3f}")
+    assert j_frame > 0.3 and j_clip > 0.15
+    assert clip.errors() == []
+
+
+def test_segment_all_without_prompts_says_so_instead_of_raising(clip):
+    w = clip.widget
+    w.add_points_layer()
+    w.segment_button.clicked.emit()
+    errors = clip.errors()
+    assert errors and "no prompts" in errors[-1]
+    assert w.output.value is None and len(clip.viewer.layers) == 3  # nothing was made
+
+
+def test_only_negative_clicks_report_that_no_object_is_named(clip, click):
+    viewer, w = clip.viewer, clip.widget
+    points = w.add_points_layer()
+    click(viewer, points, FRAME, 5, 5, modifiers=["Shift"])
+    assert "positive click" in w.status.value
+    w.segment_button.clicked.emit()
+    assert clip.errors() and "no object" in clip.errors()[-1]
+
+
+def test_a_device_that_is_not_there_is_a_notification(clip, click):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    viewer, w = clip.viewer, clip.widget
+    w.instant.value = False
+    points = w.add_points_layer()
+    click(viewer, points, FRAME, *np.argwhere(clip.masks[FRAME])[0])
+    w.device.value = "cuda"
+    w.segment_button.clicked.emit()
+    assert clip.errors() and "cuda" in clip.errors()[-1].lower()
+
+
+def test_the_output_never_replaces_a_layer_the_user_made(clip, click):
+    viewer, w = clip.viewer, clip.widget
+    mine = viewer.add_labels(np.zeros(CLIP, np.uint8), name="my labels")
+    mine.data[0, :5, :5] = 3
+    points = w.add_points_layer()
+    click(viewer, points, FRAME, *np.argwhere(clip.masks[FRAME])[0])
+    out = w.output.value
+    assert out is not mine and out.data.any()
+    assert mine.data.sum() == 75 and (mine.data[0, :5, :5] == 3).all()
+    # ... unless the user chooses it
+    w.output.value = mine
+    w.instant.value = False
+    w.segment_button.clicked.emit()
+    assert (mine.data == 1).any()
+
+
+def test_results_are_one_undo_step(clip, click):
+    w = clip.widget
+    w.instant.value = False
+    points = w.add_points_layer()
+    click(clip.viewer, points, FRAME, *np.argwhere(clip.masks[FRAME])[0])
+    click(clip.viewer, points, FRAME, 5, 5, modifiers=["Shift"])
+    w.segment_button.clicked.emit()
+    out = w.output.value
+    assert out.data.any()
+    out.undo()
+    assert not out.data.any()
+    out.redo()
+    assert out.data.any()
+
+
+def test_cancel_stops_a_running_job_and_leaves_the_labels_alone(clip, monkeypatch, qtbot, click):
+    """With real threads: cancel while the embeddings are computed."""
+    monkeypatch.setenv("VOSEMBED_SYNC_WORKERS", "0")
+    viewer, w = clip.viewer, clip.widget
+    w.instant.value = False
+    points = w.add_points_layer()
+    pos, neg = sample_points(clip.masks[FRAME], 2, 2)
+    for y, x in pos:
+        click(viewer, points, FRAME, y, x)
+    w.segment_button.clicked.emit()
+    job = w._session_job
+    assert job is not None and job.running and w.cancel_button.enabled
+    w.cancel_button.clicked.emit()
+    assert job.wait(60)
+    assert job.cancelled and not job.failed
+    qtbot.wait(50)
+    assert w._run_job is None  # the segmentation never started
+    assert w.output.value is None or not w.output.value.data.any()
+    assert w.segment_button.enabled and not w.cancel_button.enabled
+    assert clip.errors() == []
+    # and the next run works
+    w.segment_button.clicked.emit()
+    assert w._session_job.wait(60)
+    qtbot.waitUntil(lambda: w._run_job is not None and w._run_job.finished, timeout=60_000)
+    assert w.output.value is not None and w.output.value.data.any()
+
+
+def test_cancel_during_retrieval_keeps_what_was_there(clip, monkeypatch, click):
+    """Synchronously: the job is cancelled from its own progress report, as the button would."""
+    viewer, w = clip.viewer, clip.widget
+    w.instant.value = False
+    points = w.add_points_layer()
+    click(viewer, points, FRAME, *np.argwhere(clip.masks[FRAME])[0])
+    from napari_vosembed._napari import workers
+
+    seen = []
+    original = workers.Job._yielded
+
+    def cancel_at_retrieval(job, step):
+        original(job, step)
+        seen.append(step)
+        if step.stage == "retrieval" and step.done == 3:
+            w.cancel_button.clicked.emit()
+
+    monkeypatch.setattr(workers.Job, "_yielded", cancel_at_retrieval)
+    w.segment_button.clicked.emit()
+    assert any(s.stage == "retrieval" for s in seen)
+    assert max(s.done for s in seen if s.stage == "retrieval") == 3  # it stopped there
+    assert w._run_job.cancelled
+    assert w.output.value is None or not w.output.value.data.any()
+    assert clip.errors() == []
+
+
+def test_propagate_buttons_follow_the_method(clip, monkeypatch, click):
+    """A propagating method (a stand-in registered for the test) enables the buttons, and
+    propagating forward writes only the frames from the one in view on."""
+    from dataclasses import dataclass
+
+    from napari_vosembed import methods
+    from napari_vosembed.progress import Progress
+
+    calls = []
+
+    class Forward(methods.Method):
+        name = "test-propagate"
+        propagates = True
+        quality = -1
+
+        @dataclass
+        class Params:
+            value: int = 2
+
+        def run(self, video, prompts):
+            yield Progress(1, 1, "run")
+            return np.full((len(video), *video.shape[1:3]), self.params.value, np.uint8)
+
+        def propagate(self, video, prompts, start, direction):
+            calls.append((start, direction))
+            yield Progress(1, 1, "propagation")
+            return np.full((len(video), *video.shape[1:3]), self.params.value, np.uint8)
+
+    monkeypatch.setitem(methods._REGISTRY, Forward.name, Forward)
+    viewer, w = clip.viewer, clip.widget
+    w.reset_choices()
+    w.method.value = Forward.name
+    assert w.forward_button.enabled and w.backward_button.enabled
+    assert not w.instant.visible
+    assert set(w.params()) == {"value"}
+    points = w.add_points_layer()
+    click(viewer, points, 4, *np.argwhere(clip.masks[4])[0])
+    assert w.output.value is None  # no instant updates for this method
+    w.forward_button.clicked.emit()
+    out = w.output.value.data
+    assert calls == [(4, 1)]
+    assert (out[4:] == 2).all() and not out[:4].any()
+    w.method.value = "pml"
+    assert not w.forward_button.enabled
+
+
+def test_grayscale_16bit_microscopy_keeps_its_contrast_limits(make_napari_viewer, tmp_path):
+    import tifffile
+
+    from napari_vosembed.sample import sample_clip
+
+    frames, masks = sample_clip(*CLIP)
+    gray = (frames.mean(-1) * 200 + 1000).astype(np.uint16)  # 16-bit, values 1000..52000
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, gray, metadata={"axes": "TYX"})
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(path), plugin="napari-vosembed")
+    assert not image.rgb and image.data.dtype == np.uint16 and image.data.shape == CLIP
+    limits = tuple(image.contrast_limits)
+    assert limits[0] > 1000 and limits[1] < 52000  # the robust range, not 0..65535
+    _, w = viewer.window.add_plugin_dock_widget("napari-vosembed", "Video object segmentation")
+    w.instant.value = False
+    masks_layer = w.add_mask_layer()
+    masks_layer.data[FRAME] = masks[FRAME]
+    w.segment_button.clicked.emit()
+    out = w.output.value
+    assert out is not None and out.data.shape == CLIP and (out.data[FRAME] == 1).any()
+    assert tuple(image.contrast_limits) == limits
