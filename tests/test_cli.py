@@ -73,3 +73,17 @@ def test_demo_says_plainly_when_no_method_is_installed(monkeypatch, tmp_path, ca
     assert main(["demo", "--out", str(tmp_path)]) == 0
     assert "No segmentation method is installed yet" in capsys.readouterr().out
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("head", ["none", "default"])
+def test_segment_pml_end_to_end_on_the_sample_clip(sample_seq, tmp_path, head):
+    from napari_vosembed.engine.fetch import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+    out = tmp_path / "pred"
+    assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "pml", "--device", "cpu",
+                 "--mask", f"0={sample_seq}/masks/00000.png", "--param", f"head={head}", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir())[:2] == ["00000.png", "00001.png"]
+    assert main(["evaluate", str(out), str(sample_seq), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["global"]["J&F-Mean"] > 0.8

@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--margin", type=float, default=0.3, help="alpha of Eq. 1")
     t.add_argument("--loss", default="pml", choices=["pml", "triplet", "contrastive"])
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--scale", type=float, default=0.5, help="frame scale of the backbone embeddings")
+    t.add_argument("--scale", type=float, default=None,
+                   help="frame scale of the backbone embeddings (default: about 0.1 megapixel, 0.5 for 480p)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.set_defaults(func=cmd_train_pml)

@@ -56,7 +56,6 @@ class Clip:
     ground_truth: object
     masks: np.ndarray
     path: object = None
-    notes: list = field(default_factory=list)
 
     def J(self, labels=None, frames=None) -> float:
         """Mean region similarity of the output (object 1) against the ground truth."""
@@ -117,8 +116,3 @@ def _click(viewer, layer, t, y, x, modifiers=()):
 def click():
     """`click(viewer, layer, t, y, x, modifiers=())`: a left click through napari's mouse callbacks."""
     return _click
-
-
-@pytest.fixture
-def clip_shape():
-    return CLIP

@@ -39,6 +39,12 @@ def label_color(label: int) -> tuple[float, float, float, float]:
     return (float(r), float(g), float(b), 1.0)
 
 
+def label_hex(label: int) -> str:
+    """`label_color` as a hex string (what Shapes colours accept)."""
+    r, g, b, _ = label_color(label)
+    return "#{:02x}{:02x}{:02x}".format(*(int(round(255 * v)) for v in (r, g, b)))
+
+
 def label_color_cycle() -> dict[int, tuple[float, float, float, float]]:
     """Object id -> colour, for a Points / Shapes colour cycle keyed by the `label` feature."""
     return {i: label_color(i) for i in range(256)}
@@ -242,10 +248,9 @@ def new_boxes_layer(viewer, image, object_id: int = 1):
             name=f"{image.name} boxes",
             features={"label": np.zeros(0, np.int64)},
             feature_defaults={"label": int(object_id)},
-            edge_color="label",
-            edge_color_cycle=label_color_cycle(),
-            face_color="transparent",
-            edge_width=_size(shape, 1 / 150, 1.5),
+            edge_color=label_hex(object_id),  # Shapes take no colour-by-value map: the widget
+            face_color="transparent",         # sets the current edge colour per object id
+            edge_width=_size(shape, 1 / 100, 2),
             scale=image.scale[-3:],
             translate=image.translate[-3:],
             metadata={ROLE_KEY: "boxes"},
@@ -282,7 +287,7 @@ def new_output_layer(viewer, image, dtype=np.uint8):
         np.zeros(shape, dtype),
         name=f"{image.name} segmentation",
         colormap=labels_colormap(),
-        opacity=0.5,
+        opacity=0.7,
         scale=image.scale[-3:],
         translate=image.translate[-3:],
         metadata={ROLE_KEY: "segmentation"},

@@ -10,16 +10,15 @@ with napari progress bars and can be cancelled; errors become notifications.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import sys
 import typing
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, PushButton, SpinBox, create_widget
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QGroupBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QGroupBox, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from ..errors import PromptError, VosEmbedError
@@ -34,6 +33,8 @@ EMBEDDING_SETTINGS = None
 #: Edits closer together than this are handled as one (the live update after a burst of events).
 LIVE_DELAY_MS = 40
 DEVICES = ("auto", "cpu", "cuda")
+#: Key that starts a new object while a clicks or boxes layer is active (unused by napari there).
+NEW_OBJECT_KEY = "n"
 #: Methods with an interactive session that follows every click.
 LIVE_METHODS = ("pml",)
 #: Parameters shown without unfolding "Advanced" (fields can also say `metadata={"advanced": ...}`).
@@ -78,12 +79,34 @@ def _param_specs(cls):
         yield f.name, hints.get(f.name, type(default) if default is not None else str), default, advanced, help_text
 
 
+def _optional_of(annotation):
+    """X for an `Optional[X]` / `X | None` annotation of a simple type, else None."""
+    import types
+
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and args[0] in (int, float, str):
+        return args[0]
+    return None
+
+
+def _layer_class(kind: str):
+    import napari.layers
+
+    return {"image": napari.layers.Image, "points": napari.layers.Points, "shapes": napari.layers.Shapes,
+            "labels": napari.layers.Labels}[kind]
+
+
 class SegmentWidget(QWidget):
     """Segment objects through the video of an Image layer (see the module docstring)."""
 
     def __init__(self, napari_viewer):
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugins a proxy of the viewer whose every attribute is a fresh proxy, so
+        # layers would not be identical to themselves and proxies put into the layer selection
+        # break it (napari#5767). We only use public API, on the real objects.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._session = None
         self._session_key = None
         self._session_job: Job | None = None
@@ -95,12 +118,20 @@ class SegmentWidget(QWidget):
         self._watched: dict = {}
         self._mask_version = 0
         self._writing = False
+        self._refreshing = False
+        self._prompt_layers = None
+        self._image = None
         self._param_widgets: list = []
+        self._converters: dict = {}
 
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self._live_update)
+        self._mask_timer = QTimer(self)
+        self._mask_timer.setSingleShot(True)
+        self._mask_timer.setInterval(0)
+        self._mask_timer.timeout.connect(self._on_prompt_edit)
 
         self._build()
         self._connect_viewer()
@@ -165,7 +196,6 @@ class SegmentWidget(QWidget):
             self.segment_button,
             Container(widgets=[self.backward_button, self.forward_button], layout="horizontal"),
             self.cancel_button,
-            self.status,
         ], labels=True)
         for c in (top, prompts, run):
             c.margins = (0, 0, 0, 0)
@@ -176,15 +206,18 @@ class SegmentWidget(QWidget):
         layout.addWidget(self._advanced_box)
         layout.addWidget(self._prompt_box)
         layout.addWidget(run.native)
+        layout.addWidget(self.status.native)
         layout.addStretch(1)
         self.status.native.setWordWrap(True)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
         self._containers = (top, prompts, run)
 
-        self.image.changed.connect(self._on_image_changed)
+        # the Qt signal: magicgui does not report a change to a None choice ("(none)")
+        self.image.native.currentIndexChanged.connect(self._on_image_changed)
         self.method.changed.connect(self._on_method_changed)
         self.device.changed.connect(self._on_settings_changed)
         for combo in (self.points, self.boxes, self.masks):
-            combo.changed.connect(self._on_prompt_layers_changed)
+            combo.native.currentIndexChanged.connect(self._on_prompt_layers_changed)
         self.mask_kind.changed.connect(self._on_prompt_layers_changed)
         self.object_id.changed.connect(self._apply_object_id)
         self.negative.changed.connect(self._apply_object_id)
@@ -212,14 +245,24 @@ class SegmentWidget(QWidget):
 
     def _connect_viewer(self) -> None:
         events = self.viewer.layers.events
-        events.inserted.connect(self._on_layer_inserted)
-        events.removed.connect(self._on_layer_removed)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self.reset_choices)
+        self._connections = [(events.inserted, self._on_layer_inserted), (events.removed, self._on_layer_removed)]
+        self._connections += [(layer.events.name, self.reset_choices) for layer in self.viewer.layers]
+        for emitter, callback in self._connections:
+            emitter.connect(callback)
+        # napari deletes dock widgets without closing them: let go of the viewer's events then
+        self.destroyed.connect(_disconnecter(self._connections, self._watched, self._points_press))
+
+    def _alive(self) -> bool:
+        """False once Qt has deleted the widget (napari events may still arrive)."""
+        try:
+            self.objectName()
+        except RuntimeError:
+            return False
+        return True
 
     # -- choices -----------------------------------------------------------------------------------
     def _layers_of(self, kind: str) -> list:
-        return [layer for layer in self.viewer.layers if layer._type_string == kind]
+        return [layer for layer in self.viewer.layers if isinstance(layer, _layer_class(kind))]
 
     def _image_choices(self, _widget=None) -> list:
         return [(layer.name, layer) for layer in self._layers_of("image")]
@@ -238,19 +281,34 @@ class SegmentWidget(QWidget):
 
     def reset_choices(self, *_) -> None:
         """Refresh every layer list (napari calls this when layers come and go)."""
-        for combo in (self.image, self.method, self.output, self.points, self.boxes, self.masks):
-            combo.reset_choices()
+        if not self._alive() or self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            for combo in (self.image, self.method, self.output, self.points, self.boxes, self.masks):
+                combo.reset_choices()
+        finally:
+            self._refreshing = False
         if self.image.value is None and self.image.choices:
             self.image.value = self.image.choices[0]
+        self._on_image_changed()  # the image layer may have gone
+        self._on_prompt_layers_changed()  # a prompt layer may have gone
 
     def _on_layer_inserted(self, event) -> None:
+        if not self._alive():
+            return
         event.value.events.name.connect(self.reset_choices)
+        self._connections.append((event.value.events.name, self.reset_choices))
         self.reset_choices()
 
     def _on_layer_removed(self, event) -> None:
+        if not self._alive():
+            return
         layer = event.value
+        self._connections[:] = [(e, c) for e, c in self._connections if e is not layer.events.name]
+        layer.events.name.disconnect(self.reset_choices)
         self._unwatch(layer)
-        if self._session_key is not None and self._session_key[0] == id(layer):
+        if self._session_key is not None and self._session_key[0] == layer.unique_id:
             self._drop_session()
         self.reset_choices()
 
@@ -263,6 +321,7 @@ class SegmentWidget(QWidget):
         self._basic.clear()
         self._advanced.clear()
         self._param_widgets = []
+        self._converters = {}
         cls = self.method_class()
         if cls is None:
             self._advanced_box.setVisible(False)
@@ -272,8 +331,20 @@ class SegmentWidget(QWidget):
             options = {"tooltip": help_text} if help_text else {}
             if annotation in (int, float) and name.startswith("k"):
                 options["min"] = 1
-            widget = create_widget(value=default, annotation=annotation, name=name,
-                                   label=name.replace("_", " "), options=options)
+            optional = _optional_of(annotation)
+            if optional is not None:
+                # Optional[X]: a text field, empty = None (the method's automatic choice)
+                widget = LineEdit(value="" if default is None else str(default), name=name,
+                                  label=name.replace("_", " "), **options)
+                widget.native.setPlaceholderText("automatic")
+                self._converters[name] = optional
+            elif name == "head" and annotation is str:
+                # a choice, not free text: every keystroke in a text field would re-open the session
+                choices = list(dict.fromkeys([default, "default", "none"]))
+                widget = ComboBox(value=default, choices=choices, name=name, label=name, **options)
+            else:
+                widget = create_widget(value=default, annotation=annotation, name=name,
+                                       label=name.replace("_", " "), options=options)
             widget.changed.connect(self._on_settings_changed)
             (self._advanced if advanced else self._basic).append(widget)
             self._param_widgets.append(widget)
@@ -282,7 +353,19 @@ class SegmentWidget(QWidget):
 
     def params(self) -> dict:
         """The chosen method's parameters, by name."""
-        return {w.name: w.value for w in self._param_widgets}
+        out = {}
+        for w in self._param_widgets:
+            value = w.value
+            convert = self._converters.get(w.name)
+            if convert is not None:
+                text = str(value).strip()
+                try:
+                    value = None if not text else convert(text)
+                except ValueError:
+                    raise VosEmbedError(f"parameter {w.name}: {text!r} is not a {convert.__name__} "
+                                        "(leave it empty for the automatic value)") from None
+            out[w.name] = value
+        return out
 
     # -- state -------------------------------------------------------------------------------------
     def _busy(self) -> bool:
@@ -311,8 +394,13 @@ class SegmentWidget(QWidget):
         self.status.value = text
 
     def _on_image_changed(self, *_) -> None:
+        if self._refreshing or not self._alive():
+            return
         image = self.image.value
-        if self._session_key is not None and (image is None or self._session_key[0] != id(image)):
+        if image is self._image:
+            return
+        self._image = image
+        if self._session_key is not None and (image is None or self._session_key[0] != image.unique_id):
             self._drop_session()
         self._live_signature = None
         self._schedule_live()
@@ -377,7 +465,7 @@ class SegmentWidget(QWidget):
         if boxes is not None and "label" in boxes.features:
             boxes.feature_defaults = {"label": obj}
             with boxes.block_update_properties():
-                boxes.current_edge_color = L.label_color(obj)
+                boxes.current_edge_color = L.label_hex(obj)
         if masks is not None:
             negative = self.negative.value and self.mask_kind.value == "scribble"
             masks.selected_label = SCRIBBLE_BACKGROUND if negative else obj
@@ -395,20 +483,35 @@ class SegmentWidget(QWidget):
             layer.feature_defaults = {"label": label}
 
     def _on_prompt_layers_changed(self, *_) -> None:
+        if self._refreshing or not self._alive():
+            return
         wanted = {layer for layer in (self.points.value, self.boxes.value, self.masks.value) if layer is not None}
         for layer in list(self._watched):
             if layer not in wanted:
                 self._unwatch(layer)
         for layer in wanted - set(self._watched):
             self._watch(layer)
-        self.output.reset_choices()
-        for combo in (self.points, self.boxes, self.masks):
-            combo.reset_choices()
+        self._refreshing = True
+        try:  # the output list leaves out the mask layer and the prompt lists the output
+            for combo in (self.output, self.points, self.boxes, self.masks):
+                combo.reset_choices()
+        finally:
+            self._refreshing = False
         self._apply_object_id()
-        self._schedule_live()
+        key = (self.points.value, self.boxes.value, self.masks.value, self.mask_kind.value)
+        if key != self._prompt_layers:
+            self._prompt_layers = key
+            self._schedule_live()
 
     def _watch(self, layer) -> None:
-        kind = layer._type_string
+        kind = next(k for k in ("points", "shapes", "labels") if isinstance(layer, _layer_class(k)))
+        if kind in ("points", "shapes") and "label" not in layer.features:
+            # a layer the user made: what is in it counts as object 1, new items get the current id
+            features = layer.features.copy()
+            features["label"] = np.ones(len(features), np.int64)
+            layer.features = features
+            layer.feature_defaults = {**{k: v[0] for k, v in layer.feature_defaults.items()},
+                                      "label": int(self.object_id.value)}
         hooks = []
         if kind in ("points", "shapes"):
             hooks += [(layer.events.data, self._on_prompt_data), (layer.events.features, self._on_prompt_edit)]
@@ -418,13 +521,18 @@ class SegmentWidget(QWidget):
             emitter.connect(callback)
         if kind == "points":
             layer.mouse_drag_callbacks.insert(0, self._points_press)
+        if kind in ("points", "shapes"):
+            layer.bind_key(NEW_OBJECT_KEY, self._new_object_key, overwrite=True)
         self._watched[layer] = hooks
 
+    def _new_object_key(self, layer) -> None:
+        """The N key on a clicks or boxes layer: start a new object."""
+        self.next_object()
+
     def _unwatch(self, layer) -> None:
-        for emitter, callback in self._watched.pop(layer, []):
-            emitter.disconnect(callback)
-        if self._points_press in layer.mouse_drag_callbacks:
-            layer.mouse_drag_callbacks.remove(self._points_press)
+        if layer not in self._watched:
+            return
+        _release(layer, self._watched.pop(layer), self._points_press)
 
     def _on_prompt_data(self, event) -> None:
         action = str(getattr(event, "action", "") or "")
@@ -433,11 +541,12 @@ class SegmentWidget(QWidget):
         self._on_prompt_edit()
 
     def _on_mask_edit(self, *_) -> None:
+        # napari emits `paint` before `data_setitem` writes its pixels: read them a moment later
         self._mask_version += 1
-        self._on_prompt_edit()
+        self._mask_timer.start()
 
     def _on_prompt_edit(self, *_) -> None:
-        if self._writing:
+        if self._writing or not self._alive():
             return
         self._schedule_live()
 
@@ -474,18 +583,16 @@ class SegmentWidget(QWidget):
         return layer
 
     def _write(self, image, labels, frames=None) -> None:
-        layer = self.output_layer(image)
-        self._writing = True
+        self._writing = True  # our own edits (a new layer, painting the output) are no prompt edits
         try:
-            L.write_labels(layer, labels, frames)
+            L.write_labels(self.output_layer(image), labels, frames)
         finally:
             self._writing = False
 
     def _write_frame(self, image, t: int, frame_labels) -> None:
-        layer = self.output_layer(image)
         self._writing = True
         try:
-            L.write_frames(layer, [(t, frame_labels)])
+            L.write_frames(self.output_layer(image), [(t, frame_labels)])
         finally:
             self._writing = False
 
@@ -500,7 +607,7 @@ class SegmentWidget(QWidget):
         head = params.get("head", "default")
         head = None if head in (None, "", "none") else head
         device = self._device()
-        return (id(image), head, str(device), EMBEDDING_SETTINGS), head, device
+        return (image.unique_id, head, str(device), EMBEDDING_SETTINGS), head, device
 
     def _drop_session(self) -> None:
         if self._session_job is not None:
@@ -550,25 +657,15 @@ class SegmentWidget(QWidget):
             on_result=opened,
             on_done=done,
         )
-        self._update_state()
         self._session_job.start()
+        self._update_state()
 
     def session_for(self, prompts: Prompts):
         """A view of the open session with exactly `prompts` as its references (its own pool;
         embeddings shared), the current k / refine parameters applied."""
-        from ..engine.retrieval import ReferencePool
-
-        base = self._session
-        view = copy.copy(base)
         params = self.params()
-        for name in ("k_mask", "k_click", "refine"):
-            if name in params:
-                setattr(view, name, params[name])
-        view.pool = ReferencePool(base.pool.dim, base.device)
-        view.prompts = Prompts()
-        view._has_dense = False
-        view.add_prompts(prompts)
-        return view
+        return self._session.with_prompts(prompts, **{k: params[k] for k in ("k_mask", "k_click", "refine")
+                                                       if k in params})
 
     # -- live updates ------------------------------------------------------------------------------
     def _live_enabled(self) -> bool:
@@ -588,7 +685,7 @@ class SegmentWidget(QWidget):
         return hash(tuple(parts))
 
     def _schedule_live(self) -> None:
-        if not self._live_enabled():
+        if self._writing or not self._live_enabled():
             return
         if sync_workers():
             self._live_update()
@@ -660,8 +757,9 @@ class SegmentWidget(QWidget):
 
         self._run_job = Job(make, desc, on_progress=lambda p: self._set_status(f"{p.stage} {p.done}/{p.total}"),
                             on_result=on_result, on_done=done)
+        self._run_job.start()
         self._update_state()
-        return self._run_job.start()
+        return self._run_job
 
     def segment_all(self) -> None:
         """Run the chosen method on every frame and write the result into the output layer."""
@@ -729,12 +827,53 @@ class SegmentWidget(QWidget):
         self._set_status("cancelled")
         self._update_state()
 
+    def running(self) -> bool:
+        """True while a job (embedding, segmentation, the background update) is under way."""
+        jobs = (self._session_job, self._run_job, self._live_job)
+        return (any(job is not None and job.running for job in jobs)
+                or self._live_timer.isActive() or self._mask_timer.isActive())
+
+    def wait(self, timeout_s: float = 600.0) -> bool:
+        """Block until no job runs (for scripts and the napari console; the widget itself never
+        waits). Processes Qt events meanwhile; True when everything finished in time."""
+        import time
+
+        from qtpy.QtCore import QCoreApplication
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            if not self.running():
+                return True
+            time.sleep(0.01)
+        return False
+
     # -- teardown ----------------------------------------------------------------------------------
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.cancel()
         for layer in list(self._watched):
             self._unwatch(layer)
-        events = self.viewer.layers.events
-        for emitter, callback in ((events.inserted, self._on_layer_inserted), (events.removed, self._on_layer_removed)):
-            emitter.disconnect(callback)
         super().closeEvent(event)
+
+
+def _disconnecter(connections, watched, press):
+    """A callback (holding no reference to the widget's Qt side) that disconnects everything."""
+
+    def disconnect(*_):
+        for emitter, callback in connections:
+            emitter.disconnect(callback)
+        for layer, hooks in list(watched.items()):
+            _release(layer, hooks, press)
+        watched.clear()
+
+    return disconnect
+
+
+def _release(layer, hooks, press) -> None:
+    """Undo what `SegmentWidget._watch` did to a prompt layer."""
+    for emitter, callback in hooks:
+        emitter.disconnect(callback)
+    if press in layer.mouse_drag_callbacks:
+        layer.mouse_drag_callbacks.remove(press)
+    if not isinstance(layer, _layer_class("labels")):
+        layer.bind_key(NEW_OBJECT_KEY, None)

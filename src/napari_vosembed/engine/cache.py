@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Generator
@@ -37,9 +38,10 @@ _HASH_BLOCK = 1 << 22
 class EmbeddingSettings:
     """What to compute and keep.
 
-    scale: frames are resized by this factor before the backbone. The default, half size,
-        gives a stride-8 grid of the frame (backbone stride 4) at a quarter of the work of full
-        size (see docs/benchmarks.md).
+    scale: frames are resized by this factor before the backbone; None (default) picks it per
+        video so that the backbone sees about `working_pixels` pixels, in steps of 1/8 and never
+        upsampling: 0.5 for 480p (a stride-8 grid at a quarter of the work of full size, see
+        docs/benchmarks.md), 1 for small clips, 0.625 for 512x512 microscopy.
     levels: backbone strides whose features are kept, each L2-normalised per pixel and stored at
         its own resolution; `Embeddings.frame_features` upsamples the coarser ones to the finest
         and concatenates them. Decoder strides 4 to 32 retrieve far better than 4 and 8 alone.
@@ -47,13 +49,23 @@ class EmbeddingSettings:
     """
 
     backbone: str = "isnet"
-    scale: float = 0.5
+    scale: float | None = None
     levels: tuple[int, ...] = (4, 8, 16, 32)
     saliency_stride: int = 4
+    working_pixels: int = 102_400
+
+    def resolve(self, height: int, width: int) -> EmbeddingSettings:
+        """These settings with the scale fixed for a `height x width` video."""
+        if self.scale is not None:
+            return self
+        scale = round(8 * math.sqrt(self.working_pixels / (height * width))) / 8
+        return dataclasses.replace(self, scale=float(min(1.0, max(scale, 0.125))))
 
     @property
     def stride(self) -> float:
-        """Grid stride of the kept features, in pixels of the original frame."""
+        """Grid stride of the kept features, in pixels of the original frame (resolved settings)."""
+        if self.scale is None:
+            raise ValueError("the scale is chosen per video: call resolve(height, width) first")
         return min(self.levels) / self.scale
 
 
@@ -123,7 +135,9 @@ def video_fingerprint(video) -> str:
 
 
 def cache_key(video, settings: EmbeddingSettings, backbone_id: str) -> str:
-    payload = json.dumps([FORMAT_VERSION, video_fingerprint(video), backbone_id, dataclasses.asdict(settings)])
+    """Hash of the video's content, the backbone's weights and the resolved settings."""
+    computed = {k: v for k, v in dataclasses.asdict(settings).items() if k != "working_pixels"}
+    payload = json.dumps([FORMAT_VERSION, video_fingerprint(video), backbone_id, computed])
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
 
@@ -194,6 +208,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
 
     video = as_video(video)
     n, height, width = len(video), *video.shape[1:3]
+    settings = settings.resolve(height, width)
     path = embeddings_root() / cache_key(video, settings, _backbone_id(settings))
     backbone = None
     if (path / "meta.json").exists():

@@ -10,6 +10,7 @@ the labels of one frame or of the whole video.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,22 @@ class PMLSession:
         self.prompts.masks.update(prompts.masks)
         self.prompts.scribbles.update(prompts.scribbles)
 
+    def with_prompts(self, prompts: Prompts, **options) -> PMLSession:
+        """A session sharing these embeddings with a fresh pool of exactly `prompts`; `options`
+        override k_mask, k_click, refine or max_refs_per_frame. Work running on this session is
+        not disturbed, so a viewer can start over at every edit."""
+        unknown = set(options) - {"k_mask", "k_click", "refine", "max_refs_per_frame"}
+        if unknown:
+            raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
+        view = copy.copy(self)
+        for name, value in options.items():
+            setattr(view, name, value)
+        view.pool = ReferencePool(self.pool.dim, self.device)
+        view.prompts = Prompts()
+        view._has_dense = False
+        view.add_prompts(prompts)
+        return view
+
     def _stratified(self, cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Indices of at most `max_refs_per_frame` cells, an equal quota per label."""
         values = np.unique(cells)
@@ -192,7 +209,7 @@ class PMLSession:
 
     def to_labels(self, t: int, scores: np.ndarray, values: np.ndarray) -> np.ndarray:
         guide = gray_guide(self.video[t], *self._intensity) if self.refine else None
-        return refine_labels(scores, values, self.stride, self.frame_shape, guide, radius=int(self.stride))
+        return refine_labels(scores, values, self.stride, self.frame_shape, guide, radius=max(1, int(self.stride) // 2))
 
     def predict_frame(self, t: int) -> np.ndarray:
         """Full-resolution labels of frame t from the current pool (the on-screen update)."""

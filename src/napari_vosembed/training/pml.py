@@ -63,7 +63,7 @@ def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, devic
         seq = read_sequence(root / name)
         emb = yield from embed_video(seq.video, settings, device=device)
         grid = emb.grid_shape
-        labels = np.stack([cell_labels(seq.masks[t], grid, settings.stride).reshape(-1)
+        labels = np.stack([cell_labels(seq.masks[t], grid, emb.settings.stride).reshape(-1)
                            for t in range(len(seq.masks))])
         videos.append(TrainingVideo(name, emb, labels.astype(np.int64)))
         yield Progress(i + 1, len(names), "ground truth")

@@ -1,0 +1,398 @@
+"""Transductive propagation (TVOS): Zhang, Wu, Peng, Lin, CVPR 2020,
+"A transductive approach for video object segmentation".
+
+The labels of a frame are a similarity-weighted average of the labels of reference pixels in
+earlier frames (Eq. 4, 6, 7): w_ij = exp(s f_i . f_j) exp(-||loc(i) - loc(j)||^2 / sigma^2),
+normalised over every pixel of every reference frame at once, so all objects propagate together
+in one pass. The paper's embedding is unnormalised and has no temperature; ours is L2-normalised,
+so a scale s (= 1 / temperature, learned with the head) stands in for its norm.
+
+Reference frames: 9 of the preceding 40 (Sec. 3.3, Fig. 3), the 4 most recent with the motion
+prior's sigma = 8 and 5 spread over the rest with sigma = 21 (stride-8 grid cells). Annotated
+frames keep their masks as soft labels (area shares of each cell) and stay in the reference set;
+predicted frames are stored as hard labels; the score map is upsampled bilinearly before the
+argmax. Beyond the paper: propagation starts at the first annotated frame and runs forward, then
+backward, and any frame can carry a mask (painted, or from PML).
+
+`propagate_dense` builds the (HW x 9HW) affinity as written; `propagate` (the default) gets the
+same result at a fraction of the cost: each 4x4 tile of the target frame keeps only the 4x4
+reference blocks around it in every reference frame plus the best-scoring others of a coarse
+block-level pass, and computes the exact weights of those pixels only (top-k blocks per tile).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
+from ..engine.refine import refine_labels
+from ..errors import ModelFileError, PromptError
+from ..progress import Progress
+from ..prompts import Prompts
+from . import Method, register_method
+
+#: The trained head that ships with the package (model card: docs/tvos.md).
+DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "tvos_head.pt"
+SIGMA_RECENT, SIGMA_DISTANT = 8.0, 21.0
+#: Temperature of the raw backbone features (no head), chosen on the training sequences (docs/tvos.md).
+RAW_TEMPERATURE = 0.03
+
+
+def _source_index(out: np.ndarray, size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two input rows (or columns) and the weight of the second that bilinear resizing
+    `size_in` -> `size_out` reads for each output in `out` (as `interpolate(align_corners=False)`)."""
+    src = np.maximum((out + 0.5) * (size_in / size_out) - 0.5, 0)
+    lo = np.floor(src).astype(np.int64)
+    return lo, np.minimum(lo + 1, size_in - 1), (src - lo).astype(np.float32)
+
+
+class TVOSHead(nn.Module):
+    """The embedding of Sec. 3.4 on top of the frozen backbone: a per-pixel MLP (1x1 convolutions)
+    to a `dim`-dimensional L2-normalised embedding, and the learned similarity scale s of Eq. 6."""
+
+    def __init__(self, in_channels: int, dim: int = 32, hidden: int = 128, temperature: float = 0.1):
+        super().__init__()
+        self.config = {"in_channels": in_channels, "dim": dim, "hidden": hidden, "temperature": temperature}
+        self.net = nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.log_scale = nn.Parameter(torch.tensor(-math.log(temperature)))
+
+    @property
+    def scale(self) -> float:
+        return float(self.log_scale.exp())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings of (..., C) features (`Embeddings.frame_features`)."""
+        return F.normalize(self.net(features), dim=-1)
+
+    def embed(self, embeddings: Embeddings, frames: list[int], top: int = 0, left: int = 0,
+              size: int | None = None) -> torch.Tensor:
+        """`self(embeddings.frame_features(t))` for each t of `frames`, on the window of `size`
+        cells (default: all) at (top, left): (len(frames), rows, cols, dim).
+
+        The first layer is linear and bilinear upsampling is linear, so it is applied to every level
+        at that level's own resolution and its output upsampled: the same numbers, without building
+        the 960-channel map (8x fewer operations at the default settings)."""
+        h, w = embeddings.grid_shape
+        rows = np.arange(top, min(top + (size or h), h))
+        cols = np.arange(left, min(left + (size or w), w))
+        first = self.net[0]
+        weights = first.weight.split([a.shape[-1] for a in embeddings.levels.values()], dim=1)
+        hidden = first.bias
+        for array, weight in zip(embeddings.levels.values(), weights):
+            hi, wi = array.shape[1:3]
+            same = (hi, wi) == (h, w)
+            y0, y1, wy = _source_index(rows, hi, h)
+            x0, x1, wx = _source_index(cols, wi, w)
+            r0, c0 = y0.min(), x0.min()
+            r1, c1 = (rows[-1], cols[-1]) if same else (y1.max(), x1.max())
+            window = np.asarray(array[frames, r0 : r1 + 1, c0 : c1 + 1], dtype=np.float32)
+            level = F.normalize(torch.from_numpy(window).to(weight.device), dim=-1) @ weight.T
+            if not same:
+                ya, yb, xa, xb = (torch.from_numpy(i).to(weight.device) for i in (y0 - r0, y1 - r0, x0 - c0, x1 - c0))
+                wy_ = torch.from_numpy(wy).to(weight.device)[:, None, None]
+                wx_ = torch.from_numpy(wx).to(weight.device)[:, None]
+                level = torch.lerp(level[:, ya], level[:, yb], wy_)
+                level = torch.lerp(level[:, :, xa], level[:, :, xb], wx_)
+            hidden = hidden + level
+        return F.normalize(self.net[2](F.relu(hidden)), dim=-1)
+
+    def save(self, path: Path, settings: EmbeddingSettings, meta: dict) -> None:
+        torch.save({"config": self.config, "settings": settings.__dict__, "state_dict": self.state_dict(),
+                    "meta": meta}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[TVOSHead, EmbeddingSettings]:
+        if not Path(path).is_file():
+            raise ModelFileError(f"TVOS head {path} does not exist (train one with `vosembed train tvos`)")
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        head = cls(**blob["config"])
+        head.load_state_dict(blob["state_dict"])
+        settings = blob["settings"]
+        return head.eval().requires_grad_(False), EmbeddingSettings(**{**settings, "levels": tuple(settings["levels"])})
+
+
+def sample_references(step: int, n_recent: int = 4, n_distant: int = 5, span: int = 40) -> list[tuple[int, float]]:
+    """Reference frames of the `step`-th frame after the seed (Sec. 3.3, Fig. 3), as
+    (distance back along the propagation, sigma of the motion prior): the `n_recent` previous frames
+    with sigma = 8, then `n_distant` spread evenly over the rest of the last `span` with sigma = 21.
+    While fewer than `n_recent + n_distant` frames exist, all of them."""
+    reach = min(step, span)
+    if reach <= n_recent + n_distant:
+        distances = list(range(1, reach + 1))
+    else:
+        distant = np.round(np.linspace(n_recent + 1, reach, n_distant)).astype(int)
+        distances = [*range(1, n_recent + 1), *(int(d) for d in distant)]
+    return [(d, SIGMA_RECENT if d <= n_recent else SIGMA_DISTANT) for d in distances]
+
+
+def cell_shares(labels: np.ndarray, values: np.ndarray, grid: tuple[int, int], stride: float) -> np.ndarray:
+    """(h*w, K) share of each label value in each grid cell: the one-hot mask downsampled by area
+    (the soft first-frame labels of Sec. 3.3). Cells past the frame's edge repeat the last row / column."""
+    h, w = grid
+    size = (int(round(h * stride)), int(round(w * stride)))
+    crop = labels[: size[0], : size[1]]
+    padded = np.pad(crop, ((0, size[0] - crop.shape[0]), (0, size[1] - crop.shape[1])), mode="edge")
+    shares = np.stack([cv2.resize((padded == v).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+                       for v in values], -1)
+    return (shares / shares.sum(-1, keepdims=True)).reshape(h * w, len(values))
+
+
+def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
+    """(h*w, 2) float (row, column) of every cell, in grid units."""
+    h, w = grid
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return torch.stack([yy.reshape(-1), xx.reshape(-1)], 1)
+
+
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distances between (..., M, 2) and (..., N, 2) positions: (..., M, N)."""
+    return (a[..., :, None, :] - b[..., None, :, :]).pow(2).sum(-1)
+
+
+def propagate_dense(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor,
+                    grid: tuple[int, int], scale: float, rows: int = 1024) -> torch.Tensor:
+    """Eq. 6-7 as written: the full affinity of the target's pixels to every reference pixel.
+
+    query (N, d) and keys (R, N, d): L2-normalised embeddings of the target and the R reference
+    frames (N = h*w); labels (R, N, K); sigmas (R,). Returns the (N, K) propagated label
+    distribution. Target rows are processed `rows` at a time (the same numbers, bounded memory).
+    """
+    n_ref, n, _ = keys.shape
+    pos = grid_positions(grid).to(query.device)
+    flat_keys, flat_labels = keys.reshape(n_ref * n, -1), labels.reshape(n_ref * n, -1)
+    inv_var = (1 / sigmas.to(query.device).float() ** 2).repeat_interleave(n)
+    out = []
+    for start in range(0, n, rows):
+        q, p = query[start : start + rows], pos[start : start + rows]
+        dist2 = _sq_dist(p, pos).repeat(1, n_ref)
+        logits = scale * (q @ flat_keys.T) - dist2 * inv_var
+        out.append(torch.softmax(logits, 1) @ flat_labels)
+    return torch.cat(out)
+
+
+def with_positions(query: torch.Tensor, keys: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor,
+                   inv_var: torch.Tensor, scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append 4 coordinates so that one product gives Eq. 7's exponent:
+    q' . k' = s q . k - ||p_q - p_k||^2 / sigma_k^2, since
+    ||p_q - p_k||^2 = ||p_q||^2 - 2 p_q . p_k + ||p_k||^2.
+
+    query (..., N, d) at query_pos (..., N, 2); keys (..., M, d) at key_pos (..., M, 2), each
+    with its frame's inv_var = 1 / sigma^2 (..., M)."""
+    query_pos = query_pos.expand(*query.shape[:-1], 2)
+    key_pos = key_pos.expand(*keys.shape[:-1], 2)
+    iv = inv_var.expand(keys.shape[:-1])[..., None]
+    q = torch.cat([scale * query, query_pos, query_pos.pow(2).sum(-1, keepdim=True),
+                   torch.ones_like(query_pos[..., :1])], -1)
+    k = torch.cat([keys, 2 * key_pos * iv, -iv, -key_pos.pow(2).sum(-1, keepdim=True) * iv], -1)
+    return q, k
+
+
+def propagation_logits(query: torch.Tensor, keys: torch.Tensor, sigmas: torch.Tensor, grid: tuple[int, int],
+                       scale: float | torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 7's exponents of every (target, reference) pixel pair, for training on crops
+    (`propagate_dense` is the reference): query (..., Q, d) of the grid cells `cells` (default:
+    all, Q = N), keys (..., R, N, d) -> (..., Q, R*N)."""
+    n_ref, n, d = keys.shape[-3:]
+    pos = grid_positions(grid).to(query.device)
+    inv_var = (1 / sigmas.to(query.device).float() ** 2).repeat_interleave(n)
+    q, k = with_positions(query, keys.reshape(*keys.shape[:-3], n_ref * n, d), pos if cells is None else pos[cells],
+                          pos.repeat(n_ref, 1), inv_var, scale)
+    return q @ k.transpose(-1, -2)
+
+
+def _blocked(x: torch.Tensor, grid: tuple[int, int], block: int) -> torch.Tensor:
+    """(..., h*w, c) -> (..., n_blocks, block*block, c): cells grouped by block, zero-padded."""
+    h, w = grid
+    lead, c = x.shape[:-2], x.shape[-1]
+    nby, nbx = -(-h // block), -(-w // block)
+    x = x.reshape(-1, h, w, c)
+    x = F.pad(x, (0, 0, 0, nbx * block - w, 0, nby * block - h))
+    x = x.reshape(-1, nby, block, nbx, block, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(*lead, nby * nbx, block * block, c)
+
+
+def propagate(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor,
+              grid: tuple[int, int], scale: float, block: int = 4, local: int = 1, extra: int = 48
+              ) -> torch.Tensor:
+    """`propagate_dense`'s result, computed on the reference pixels that carry the weight.
+
+    The target frame is cut into `block` x `block` tiles and every reference frame into blocks of
+    the same size. A coarse pass scores each (tile, block) pair with Eq. 7 on their mean
+    embeddings and centres; each tile keeps the blocks within `local` blocks of it in every
+    reference frame and the `extra` best-scoring others (top-k), and the exact weights are
+    computed over the pixels of those blocks only: 129 blocks, about 2,000 of the ~58,000
+    reference pixels of a 480p frame.
+    """
+    h, w = grid
+    n_ref, n, d = keys.shape
+    dev = query.device
+    nby, nbx = -(-h // block), -(-w // block)
+    pos = _blocked(grid_positions(grid).to(dev), grid, block)  # (B, b2, 2)
+    valid = _blocked(torch.ones(n, 1, device=dev), grid, block)[..., 0] > 0  # (B, b2)
+    n_blocks, b2 = valid.shape
+    inv_var = 1 / sigmas.to(dev).float() ** 2
+    q, k = with_positions(_blocked(query, grid, block), _blocked(keys, grid, block), pos, pos,
+                          inv_var[:, None, None], scale)
+    k[:, ~valid, -1] = -1e4  # padding cells: weight exp(-1e4) = 0
+
+    centres = (pos * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # (B, 2)
+    q_mean = F.normalize(_blocked(query, grid, block).sum(1), dim=-1)
+    k_mean = F.normalize(_blocked(keys, grid, block).sum(2), dim=-1)  # (R, B, d)
+    cq, ck = with_positions(q_mean, k_mean, centres, centres, inv_var[:, None], scale)
+    coarse = cq @ ck.reshape(n_ref * n_blocks, -1).T  # (B, R*B)
+    by, bx = torch.div(torch.arange(n_blocks, device=dev), nbx, rounding_mode="floor"), torch.arange(n_blocks, device=dev) % nbx
+    near = ((by[:, None] - by[None]).abs() <= local) & ((bx[:, None] - bx[None]).abs() <= local)
+    keep = min(n_ref * n_blocks, n_ref * (2 * local + 1) ** 2 + extra)
+    chosen = coarse.masked_fill(near.repeat(1, n_ref), float("inf")).topk(keep, dim=1).indices  # (B, keep) into R*B
+
+    flat_k, flat_lab = k.reshape(n_ref * n_blocks, b2, -1), _blocked(labels, grid, block).reshape(n_ref * n_blocks, b2, -1)
+    out = torch.empty(n_blocks, b2, labels.shape[-1], device=dev, dtype=labels.dtype)
+    tiles_per_chunk = max(1, (1 << 22) // (keep * b2 * (d + 4)))
+    for start in range(0, n_blocks, tiles_per_chunk):
+        idx = chosen[start : start + tiles_per_chunk]
+        sl = slice(start, start + len(idx))
+        logits = torch.bmm(q[sl], flat_k[idx].reshape(len(idx), keep * b2, -1).transpose(1, 2))
+        out[sl] = torch.bmm(torch.softmax(logits, 2), flat_lab[idx].reshape(len(idx), keep * b2, -1))
+    out = out.reshape(nby, nbx, block, block, -1).permute(0, 2, 1, 3, 4).reshape(nby * block, nbx * block, -1)
+    return out[:h, :w].reshape(n, -1)
+
+
+class TVOSSession:
+    """Transductive propagation over one video from its embeddings and the masks of some frames.
+
+    head: a `TVOSHead`, or None for the raw backbone features (L2-normalised, scale
+    1 / `temperature`). fast: `propagate` (default) or `propagate_dense`. keep_annotated: every
+    annotated frame stays in the reference set (with its mask), besides the 9 sampled frames.
+    """
+
+    def __init__(self, video, embeddings: Embeddings, head: TVOSHead | None, device: torch.device,
+                 temperature: float | None = None, fast: bool = True, keep_annotated: bool = True):
+        self.video = video
+        self.embeddings = embeddings
+        self.device = torch.device(device)
+        self.head = head.to(self.device) if head is not None else None
+        if temperature is not None:
+            self.scale = 1 / temperature
+        else:
+            self.scale = head.scale if head is not None else 1 / RAW_TEMPERATURE
+        self.fast, self.keep_annotated = fast, keep_annotated
+        self.grid = embeddings.grid_shape
+        self.stride = embeddings.settings.stride
+        self.frame_shape = embeddings.frame_shape
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    @classmethod
+    def open(cls, video, head: str | Path | None = "default", device: str | torch.device = "cpu",
+             settings: EmbeddingSettings | None = None, **options) -> Generator[Progress, None, TVOSSession]:
+        """Embed `video` (cached) and return a session; yields the embedding progress."""
+        from ..io import as_video
+
+        video = as_video(video)
+        model = None
+        if head is not None:
+            model, settings = TVOSHead.load(DEFAULT_HEAD if head == "default" else Path(head))
+        emb = yield from embed_video(video, settings or EmbeddingSettings(), device=str(device))
+        return cls(video, emb, model, torch.device(device), **options)
+
+    def frame_embedding(self, t: int) -> torch.Tensor:
+        """(h*w, d) L2-normalised embedding of frame t (the last 64 used are kept)."""
+        if t in self._cache:
+            self._cache.move_to_end(t)
+            return self._cache[t]
+        with torch.inference_mode():
+            if self.head is None:
+                e = F.normalize(self.embeddings.frame_features(t).reshape(-1, self.embeddings.channels), dim=-1)
+            else:
+                e = self.head.embed(self.embeddings, [t])[0].reshape(-1, self.head.config["dim"])
+        e = e.to(self.device)
+        self._cache[t] = e
+        if len(self._cache) > 64:
+            self._cache.popitem(last=False)
+        return e
+
+    def frame_scores(self, t: int, refs: list[tuple[int, float]], labels: dict[int, torch.Tensor]) -> torch.Tensor:
+        """(h*w, K) label distribution of frame t from the reference frames `refs` [(frame, sigma)]."""
+        keys = torch.stack([self.frame_embedding(r) for r, _ in refs])
+        ref_labels = torch.stack([labels[r] for r, _ in refs])
+        sigmas = torch.tensor([s for _, s in refs])
+        fn = propagate if self.fast else propagate_dense
+        with torch.inference_mode():
+            return fn(self.frame_embedding(t), keys, ref_labels, sigmas, self.grid, self.scale)
+
+    def references(self, t: int, step: int, direction: int, annotated: list[int]) -> list[tuple[int, float]]:
+        """Reference frames [(frame, sigma)] of frame t, the `step`-th of a pass in `direction`
+        (+1 forward, -1 backward): the sampled frames, and the annotated ones (`keep_annotated`)."""
+        refs = [(t - direction * d, sigma) for d, sigma in sample_references(step)]
+        if self.keep_annotated:
+            refs += [(a, SIGMA_DISTANT) for a in annotated if a not in {r for r, _ in refs}]
+        return refs
+
+    def run(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
+        """Labels of every frame from the masks of the annotated frames, yielding progress.
+
+        From the first annotated frame forward to the end, then backward to frame 0; an annotated
+        frame on the way keeps its mask. `self.labels` then holds every frame's grid labels
+        ((h*w, K): soft for annotated frames, one-hot for predicted ones; K = `self.values`)."""
+        n = len(self.video)
+        if not masks:
+            raise PromptError("TVOS propagates masks: paint a mask (or run PML) on at least one frame first")
+        values = np.union1d(np.unique(np.concatenate([np.unique(m) for m in masks.values()])), [0])
+        if not (values > 0).any():
+            raise PromptError("the masks hold no object: paint at least one pixel with a label > 0")
+        self.values = values
+        self.labels = {t: torch.from_numpy(cell_shares(m, values, self.grid, self.stride)).to(self.device)
+                       for t, m in masks.items()}
+        annotated = sorted(masks)
+        out = np.zeros((n, *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
+        for t, m in masks.items():
+            out[t] = m
+        done = len(annotated)
+        for direction, stop in ((1, n), (-1, -1)):
+            for step, t in enumerate(range(annotated[0] + direction, stop, direction), 1):
+                if t in masks:
+                    continue
+                scores = self.frame_scores(t, self.references(t, step, direction, annotated), self.labels)
+                self.labels[t] = F.one_hot(scores.argmax(1), len(values)).to(scores.dtype)
+                out[t] = refine_labels(scores.reshape(*self.grid, -1).cpu().numpy(), values, self.stride,
+                                       self.frame_shape)
+                done += 1
+                yield Progress(done, n, "propagation")
+        return out
+
+
+@register_method
+class TVOS(Method):
+    """Transductive propagation of masks through the video (Zhang et al. 2020)."""
+
+    name = "tvos"
+    description = "Transductive propagation (Zhang et al. 2020): masks on any frames, all objects in one pass"
+    propagates = True
+    quality = 5
+
+    @dataclass
+    class Params:
+        head: str = "default"
+        temperature: float | None = None
+        fast: bool = True
+        keep_annotated: bool = True
+
+    def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
+        p = self.params
+        if not prompts.masks:
+            raise PromptError("TVOS propagates masks: paint a mask (or run PML) on at least one frame; "
+                              "clicks and boxes alone are not enough")
+        session = yield from TVOSSession.open(video, None if p.head in ("none", "") else p.head, self.device,
+                                              temperature=p.temperature, fast=p.fast,
+                                              keep_annotated=p.keep_annotated)
+        labels = yield from session.run(prompts.masks)
+        return labels

@@ -1,0 +1,205 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
+from napari_vosembed.io import as_video
+from napari_vosembed.errors import PromptError
+from napari_vosembed.methods import segment
+from napari_vosembed.methods.tvos import (
+    SIGMA_DISTANT,
+    SIGMA_RECENT,
+    TVOSHead,
+    TVOSSession,
+    cell_shares,
+    grid_positions,
+    propagate,
+    propagate_dense,
+    sample_references,
+    with_positions,
+)
+from napari_vosembed.metrics import db_eval_iou
+from napari_vosembed.progress import drive
+from napari_vosembed.prompts import Prompts
+
+TINY = EmbeddingSettings(backbone="tiny", scale=1.0, levels=(4, 8), saliency_stride=0)
+RED, GREEN, YELLOW, BLUE = (220, 30, 30), (30, 200, 40), (230, 220, 40), (30, 40, 210)
+
+
+def scene(n=8, size=(64, 96), squares=((RED, 12, 20),), side=20, seed=0, texture=0.0):
+    """Blue background with noise (and a smooth colour texture of amplitude `texture`); each
+    (colour, y, x) square slides right by 3 px per frame."""
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, *size, 3), np.uint8)
+    masks = np.zeros((n, *size), np.int32)
+    pattern = cv2.GaussianBlur(rng.normal(0, 1, (*size, 3)).astype(np.float32), (0, 0), 6)
+    pattern *= texture / pattern.std()
+    for t in range(n):
+        frame = np.empty((*size, 3), np.float32)
+        frame[:] = BLUE + pattern
+        for obj, (colour, y, x) in enumerate(squares, 1):
+            x0 = x + 3 * t
+            frame[y : y + side, x0 : x0 + side] = colour
+            masks[t, y : y + side, x0 : x0 + side] = obj
+        frames[t] = np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8)
+    return frames, masks
+
+
+def session(frames, stride=4, **options):
+    """A session on raw embeddings made of each cell's mean colour: propagation in isolation."""
+    n, height, width = frames.shape[:3]
+    cells = np.stack([cv2.resize(f.astype(np.float32) / 255, (width // stride, height // stride),
+                                 interpolation=cv2.INTER_AREA) for f in frames])
+    features = np.concatenate([cells, np.full((*cells.shape[:3], 1), 0.2, np.float32)], -1).astype(np.float16)
+    settings = EmbeddingSettings(backbone="colour", scale=1.0, levels=(stride,), saliency_stride=0)
+    emb = Embeddings(Path("unused"), settings, (height, width), {stride: features}, None, np.ones(n, bool))
+    options.setdefault("temperature", 0.05)
+    return TVOSSession(as_video(frames), emb, None, torch.device("cpu"), **options)
+
+
+def test_reference_frames_are_dense_in_the_recent_past_and_sparse_further_back():
+    assert sample_references(1) == [(1, SIGMA_RECENT)]
+    assert [d for d, _ in sample_references(9)] == list(range(1, 10))
+    for step in (10, 23, 40, 41, 500):
+        refs = sample_references(step)
+        distances = [d for d, _ in refs]
+        assert len(refs) == 9 and len(set(distances)) == 9
+        assert distances[:4] == [1, 2, 3, 4] and max(distances) == min(step, 40)
+        assert [s for _, s in refs] == [SIGMA_RECENT] * 4 + [SIGMA_DISTANT] * 5
+        gaps = np.diff(distances[4:])
+        assert gaps.max() - gaps.min() <= 1  # evenly spread
+    assert sample_references(41) == sample_references(40)
+
+
+def test_the_spatial_prior_is_a_gaussian_of_the_distance_on_the_grid():
+    grid, sigma = (7, 9), 3.0
+    n = grid[0] * grid[1]
+    same = torch.nn.functional.normalize(torch.ones(n, 4), dim=-1)  # every pixel alike: only the prior counts
+    labels = torch.zeros(1, n, 2)
+    labels[0, :, 0] = 1
+    source = 3 * 9 + 4
+    labels[0, source] = torch.tensor([0.0, 1.0])
+    out = propagate_dense(same, same[None], labels, torch.tensor([sigma]), grid, 10.0)
+    pos = grid_positions(grid)
+    d2 = ((pos[:, None] - pos[None]) ** 2).sum(-1)
+    expected = torch.exp(-d2[:, source] / sigma**2) / torch.exp(-d2 / sigma**2).sum(1)
+    assert torch.allclose(out[:, 1], expected, atol=1e-6)
+    # the fused product of the fast path gives the same exponent: s q.k - |p_q - p_k|^2 / sigma^2
+    q, k = with_positions(same[:3], same[:5], pos[:3], pos[:5], torch.full((5,), sigma**-2), 10.0)
+    assert torch.allclose(q @ k.T, 10.0 - d2[:3, :5] / sigma**2, atol=1e-4)
+
+
+def test_soft_first_frame_labels_are_the_area_shares_of_each_cell():
+    labels = np.zeros((8, 8), np.int32)
+    labels[:, :2] = 7
+    shares = cell_shares(labels, np.array([0, 7]), (2, 2), 4.0)
+    assert np.allclose(shares, [[0.5, 0.5], [1, 0], [0.5, 0.5], [1, 0]])
+
+
+def test_all_objects_propagate_together():
+    frames, masks = scene(n=8, size=(96, 144), squares=((RED, 8, 4), (GREEN, 56, 40), (YELLOW, 10, 90)), side=28)
+    labels = drive(session(frames).run({0: masks[0]}), quiet=True)
+    assert labels.shape == masks.shape
+    for t in range(1, 8):
+        for obj in (1, 2, 3):
+            assert db_eval_iou(masks[t] == obj, labels[t] == obj) > 0.8
+
+
+def test_propagation_runs_forward_and_backward_from_a_middle_frame():
+    frames, masks = scene(n=9)
+    labels = drive(session(frames).run({4: masks[4]}), quiet=True)
+    assert np.array_equal(labels[4], masks[4])
+    for t in range(9):
+        assert db_eval_iou(masks[t] == 1, labels[t] == 1) > 0.85
+
+
+def test_every_annotated_frame_keeps_its_mask_and_stays_a_reference():
+    frames, masks = scene(n=8, size=(96, 144), squares=((RED, 8, 4), (GREEN, 56, 40)), side=28)
+    background, _ = scene(n=8, size=(96, 144), squares=(), seed=1)
+    late = (masks == 2) & (np.arange(8) < 4)[:, None, None]  # the green square enters on frame 4
+    frames[late], masks[late] = background[late], 0
+    s = session(frames)
+    labels = drive(s.run({0: masks[0], 6: masks[6]}), quiet=True)
+    assert np.array_equal(labels[6], masks[6])
+    assert s.references(4, 4, 1, [0, 6])[-1] == (6, SIGMA_DISTANT)
+    for t in range(4, 8):  # frames 4 and 5 find the green square through frame 6
+        assert db_eval_iou(masks[t] == 2, labels[t] == 2) > 0.8
+    assert not (labels[:4] == 2).any()
+
+
+def textured_session(n=14, grid=(36, 60), objects=((4, 4, 10), (20, 28, 10), (6, 36, 8)), stride=4, dim=16,
+                     noise=0.3, seed=0, **options):
+    """A session on synthetic embeddings like a trained head's: a smooth random field for the
+    background and one per object (squares of (y, x, side) cells moving right by a cell per frame),
+    plus noise. Returns the session and the full-resolution masks."""
+    rng = np.random.default_rng(seed)
+
+    def field(shape, blur):
+        f = cv2.GaussianBlur(rng.normal(0, 1, (*shape, dim)).astype(np.float32), (0, 0), blur)
+        return f / np.linalg.norm(f, axis=-1, keepdims=True)
+
+    h, w = grid
+    features, masks = np.empty((n, h, w, dim), np.float32), np.zeros((n, h * stride, w * stride), np.int32)
+    textures = [field((side, side), 2) for _, _, side in objects]
+    features[:] = field(grid, 3)
+    for t in range(n):
+        for obj, ((y, x, side), texture) in enumerate(zip(objects, textures), 1):
+            features[t, y : y + side, x + t : x + t + side] = texture
+            masks[t, y * stride : (y + side) * stride, (x + t) * stride : (x + t + side) * stride] = obj
+    features += noise * rng.normal(0, 1, features.shape) / np.sqrt(dim)
+    settings = EmbeddingSettings(backbone="synthetic", scale=1.0, levels=(stride,), saliency_stride=0)
+    emb = Embeddings(Path("unused"), settings, masks.shape[1:], {stride: features.astype(np.float16)}, None,
+                     np.ones(n, bool))
+    options.setdefault("temperature", 0.05)
+    return TVOSSession(as_video(np.zeros(masks.shape, np.uint8)), emb, None, torch.device("cpu"), **options), masks
+
+
+def test_the_fast_path_agrees_with_the_dense_affinity():
+    dense, masks = textured_session(fast=False)
+    dense_labels = drive(dense.run({0: masks[0]}), quiet=True)
+    fast, _ = textured_session()
+    fast_labels = drive(fast.run({0: masks[0]}), quiet=True)
+    assert np.mean(fast_labels == dense_labels) > 0.999
+    # the same inputs to both: at 36 x 60 cells the fast path weighs 129 of the 1,215 reference blocks
+    worst, agree = 0.0, []
+    for t in range(1, len(masks)):
+        refs = dense.references(t, t, 1, [0])
+        keys = torch.stack([dense.frame_embedding(r) for r, _ in refs])
+        ref_labels = torch.stack([dense.labels[r] for r, _ in refs])
+        sigmas = torch.tensor([s for _, s in refs])
+        args = (dense.frame_embedding(t), keys, ref_labels, sigmas, dense.grid, dense.scale)
+        a, b = propagate_dense(*args), propagate(*args)
+        worst = max(worst, float((a - b).abs().max()))
+        agree.append(float((a.argmax(1) == b.argmax(1)).float().mean()))
+    print(f"fast vs dense: max label-probability difference {worst:.3f}, argmax agreement >= {min(agree):.4f}")
+    assert min(agree) > 0.999 and worst < 0.2
+
+
+def test_the_head_applied_per_level_equals_the_head_on_the_combined_features():
+    frames, _ = scene(n=3)
+    s = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
+    head = TVOSHead(s.embeddings.channels, dim=8, hidden=16).eval()
+    with torch.no_grad():
+        whole = head(s.embeddings.frame_features(2))
+        assert torch.allclose(head.embed(s.embeddings, [2])[0], whole, atol=1e-5)
+        assert torch.allclose(head.embed(s.embeddings, [2], 3, 5, 6)[0], whole[3:9, 5:11], atol=1e-5)
+
+
+def test_a_saved_head_loads_with_its_settings(tmp_path):
+    head = TVOSHead(48, dim=8, hidden=16, temperature=0.07)
+    head.save(tmp_path / "h.pt", TINY, {"steps": 1})
+    loaded, settings = TVOSHead.load(tmp_path / "h.pt")
+    assert settings == TINY and loaded.scale == pytest.approx(1 / 0.07)
+
+
+def test_propagation_without_a_mask_is_refused():
+    frames, masks = scene(n=3)
+    with pytest.raises(PromptError, match="paint a mask"):
+        segment(frames, Prompts().add_point(0, 30, 20, 1), method="tvos", device="cpu")
+    with pytest.raises(PromptError, match="no object"):
+        segment(frames, Prompts().add_mask(0, np.zeros_like(masks[0])), method="tvos", device="cpu")
+    with pytest.raises(PromptError, match="paint a mask"):
+        drive(session(frames).run({}), quiet=True)
