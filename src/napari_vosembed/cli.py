@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="root of training sequences")
     t.add_argument("--out", default="src/napari_vosembed/models/pml_head.pt", help="where the head is written")
     t.add_argument("--plot", help="PNG of the loss curve")
-    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--steps", type=int, default=800)
     t.add_argument("--batch", type=int, default=4, help="triplets (three frames each) per step")
     t.add_argument("--margin", type=float, default=0.3, help="alpha of Eq. 1")
     t.add_argument("--loss", default="pml", choices=["pml", "triplet", "contrastive"])

@@ -37,19 +37,6 @@ DEVICES = ("auto", "cpu", "cuda")
 NEW_OBJECT_KEY = "n"
 #: Methods with an interactive session that follows every click.
 LIVE_METHODS = ("pml",)
-#: Parameters shown without unfolding "Advanced" (fields can also say `metadata={"advanced": ...}`).
-BASIC_PARAMS = {"pml": ("head", "online_adaptation")}
-PARAM_HELP = {
-    "head": "embedding head: 'default' (the trained head that ships with the plugin), 'none' (raw "
-            "backbone features) or the path of a .pt head",
-    "online_adaptation": "add confidently labelled pixels of each frame to the references while "
-                         "segmenting all frames (follows objects that change appearance)",
-    "k_mask": "neighbours voting for each pixel when masks, boxes or scribbles are given",
-    "k_click": "neighbours voting for each pixel when only clicks are given",
-    "refine": "snap the borders to image edges (guided filter)",
-}
-
-
 def _param_specs(cls):
     """(name, type, default, advanced, help) of each field of `cls.Params`."""
     module = sys.modules.get(cls.__module__)
@@ -57,7 +44,6 @@ def _param_specs(cls):
         hints = typing.get_type_hints(cls.Params, globalns=vars(module) if module else None)
     except Exception:  # noqa: BLE001 - unresolvable annotation: fall back to the default's type
         hints = {}
-    basic = BASIC_PARAMS.get(cls.name)
     for i, f in enumerate(dataclasses.fields(cls.Params)):
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -69,13 +55,8 @@ def _param_specs(cls):
             head = getattr(module, "DEFAULT_HEAD", None)
             if head is not None and not Path(head).is_file():
                 default = "none"  # no trained head installed: raw features
-        if "advanced" in f.metadata:
-            advanced = bool(f.metadata["advanced"])
-        elif basic is not None:
-            advanced = f.name not in basic
-        else:
-            advanced = i >= 2
-        help_text = f.metadata.get("help") or PARAM_HELP.get(f.name, "")
+        advanced = bool(f.metadata.get("advanced", i >= 2))
+        help_text = f.metadata.get("help", "")
         yield f.name, hints.get(f.name, type(default) if default is not None else str), default, advanced, help_text
 
 

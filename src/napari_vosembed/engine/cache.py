@@ -103,6 +103,25 @@ class Embeddings:
         """Size of the cache entry on disk."""
         return sum(p.stat().st_size for p in self.path.iterdir())
 
+    def cell_features(self, t: int, cells: np.ndarray) -> torch.Tensor:
+        """`frame_features(t)` at the flat grid indices `cells` only, (N, C): each level is sampled
+        bilinearly at the cells' centres, as the upsampling of `frame_features` does, without
+        upsampling the whole frame (what training needs: a few thousand cells per frame)."""
+        h, w = self.grid_shape
+        cells = torch.as_tensor(np.asarray(cells), dtype=torch.int64)
+        x = ((cells % w).float() + 0.5) / w * 2 - 1
+        y = ((cells // w).float() + 0.5) / h * 2 - 1
+        grid = torch.stack([x, y], -1)[None, None]
+        maps = []
+        for a in self.levels.values():
+            level = torch.from_numpy(np.asarray(a[t], dtype=np.float32)).permute(2, 0, 1)[None]
+            if level.shape[2:] == (h, w):
+                maps.append(level[0].reshape(level.shape[1], -1)[:, cells].T)
+            else:
+                sampled = F.grid_sample(level, grid, mode="bilinear", padding_mode="border", align_corners=False)
+                maps.append(sampled[0, :, 0].T)
+        return torch.cat(maps, 1)
+
     def frame_features(self, t: int) -> torch.Tensor:
         """Features of frame t as a float32 tensor (h, w, C): every level bilinearly upsampled to
         the grid and concatenated (each level keeps unit norm before upsampling)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -265,11 +265,18 @@ class PML(Method):
 
     @dataclass
     class Params:
-        head: str = "default"
-        online_adaptation: bool = True
-        k_mask: int = 5
-        k_click: int = 1
-        refine: bool = True
+        head: str = field(default="default", metadata={
+            "help": "embedding head: 'default' (the trained head that ships with the plugin), 'none' (raw "
+                    "backbone features) or the path of a .pt head"})
+        online_adaptation: bool = field(default=True, metadata={
+            "help": "add confidently labelled pixels of each frame to the references while segmenting all "
+                    "frames (follows objects that change appearance)"})
+        k_mask: int = field(default=5, metadata={
+            "advanced": True, "help": "neighbours voting for each pixel when masks, boxes or scribbles are given"})
+        k_click: int = field(default=1, metadata={
+            "advanced": True, "help": "neighbours voting for each pixel when only clicks are given"})
+        refine: bool = field(default=True, metadata={
+            "advanced": True, "help": "snap the borders to image edges (guided filter)"})
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
         p = self.params

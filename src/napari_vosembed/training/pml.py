@@ -35,10 +35,10 @@ def davis_split(names: list[str]) -> tuple[list[str], list[str]]:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
+    steps: int = 800
     batch: int = 4
     anchors: int = 256
-    pool: int = 4096
+    pool: int = 2048
     margin: float = 0.3
     loss: str = "pml"
     lr: float = 1e-3
@@ -70,10 +70,11 @@ def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, devic
     return videos
 
 
-def _frame_inputs(video: TrainingVideo, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cell_inputs(video: TrainingVideo, t: int, cells: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Head inputs (features, coordinates) and ground-truth labels of some cells of frame t."""
     emb = video.embeddings
-    feats = emb.frame_features(t)
-    return feats.reshape(-1, feats.shape[-1]), grid_coords(t, len(video.labels), emb.grid_shape)
+    coords = grid_coords(t, len(video.labels), emb.grid_shape)[torch.from_numpy(cells)]
+    return emb.cell_features(t, cells), coords, torch.from_numpy(video.labels[t][cells])
 
 
 def sample_triplet(video: TrainingVideo, n_anchors: int, n_pool: int, rng: np.random.Generator):
@@ -85,16 +86,10 @@ def sample_triplet(video: TrainingVideo, n_anchors: int, n_pool: int, rng: np.ra
     n_fg = min(len(fg), n_anchors // 2) if len(bg) else min(len(fg), n_anchors)
     cells = np.concatenate([rng.choice(fg, n_fg, replace=False),
                             rng.choice(bg, min(len(bg), n_anchors - n_fg), replace=False)])
-    feats, coords = _frame_inputs(video, anchor_frame)
-    anchor = (feats[cells], coords[cells], torch.from_numpy(labels[cells]))
-    pool_f, pool_c, pool_l = [], [], []
-    for t in pool_frames:
-        f, c = _frame_inputs(video, t)
-        keep = rng.choice(len(f), min(len(f), n_pool // 2), replace=False)
-        pool_f.append(f[keep])
-        pool_c.append(c[keep])
-        pool_l.append(torch.from_numpy(video.labels[t][keep]))
-    return anchor, (torch.cat(pool_f), torch.cat(pool_c), torch.cat(pool_l))
+    anchor = _cell_inputs(video, anchor_frame, cells)
+    pools = [_cell_inputs(video, t, rng.choice(labels.size, min(labels.size, n_pool // 2), replace=False))
+             for t in pool_frames]
+    return anchor, tuple(torch.cat(parts) for parts in zip(*pools))
 
 
 def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progress, None, tuple[PMLHead, list]]:
