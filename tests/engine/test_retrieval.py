@@ -30,3 +30,15 @@ def test_guided_filter_keeps_a_constant_and_snaps_coarse_labels_to_edges():
     refined = refine_labels(coarse, values, 8, (64, 64), guide=guide, radius=8)
     assert db_eval_iou(disk, refined == 1) > db_eval_iou(disk, plain == 1)
     assert db_eval_iou(disk, refined == 1) > 0.95
+
+
+def test_two_label_shortcut_equals_the_general_argmax():
+    rng = np.random.default_rng(1)
+    coarse = rng.random((8, 8, 2)).astype(np.float32)
+    guide = rng.random((64, 64)).astype(np.float32)
+    values = np.array([0, 3])
+    fast = refine_labels(coarse, values, 8, (64, 64), guide=guide, radius=4)
+    three = np.concatenate([coarse, np.full((8, 8, 1), -5, np.float32)], -1)
+    general = refine_labels(three, np.array([0, 3, 9]), 8, (64, 64), guide=guide, radius=4)
+    assert set(np.unique(fast)) <= {0, 3}
+    assert (fast == general).mean() > 0.999

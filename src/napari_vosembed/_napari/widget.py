@@ -790,8 +790,6 @@ class SegmentWidget(QWidget):
         prompts.validate(*L.video_shape(image))
         start = L.frame_in_view(self.viewer, image)
         method = cls(device=self.device.value, **self.params())
-        if not hasattr(method, "propagate"):
-            raise VosEmbedError(f"method {cls.name!r} says it propagates but has no propagate()")
         video = L.image_video(image)
         frames = range(start, n) if direction > 0 else range(0, start + 1)
         word = "forward" if direction > 0 else "backward"

@@ -53,8 +53,18 @@ def upsample_scores(scores: np.ndarray, stride: float, size: tuple[int, int]) ->
 def refine_labels(scores: np.ndarray, label_values: np.ndarray, stride: float, size: tuple[int, int],
                   guide: np.ndarray | None = None, radius: int = 8, eps: float = 1e-3) -> np.ndarray:
     """Full-resolution labels: upsample `(h, w, K)` scores to `size`, filter them with the guide
-    (none: plain bilinear upsampling), take the argmax over `label_values`."""
-    full = upsample_scores(scores.astype(np.float32), stride, size)
+    (none: plain bilinear upsampling), take the argmax over `label_values`.
+
+    Upsampling and filtering are linear, so with two labels the sign of the filtered score
+    difference is the argmax: one channel instead of two.
+    """
+    scores = scores.astype(np.float32)
+    if scores.shape[2] == 2:
+        diff = upsample_scores(scores[..., 1] - scores[..., 0], stride, size)[..., 0]
+        if guide is not None and radius > 0:
+            diff = guided_filter(guide, diff, radius, eps)
+        return label_values[(diff > 0).astype(np.intp)]
+    full = upsample_scores(scores, stride, size)
     if guide is not None and radius > 0:
         full = guided_filter(guide, full if full.shape[2] > 1 else full[..., 0], radius, eps).reshape(*size, -1)
     return label_values[np.argmax(full, axis=2)]

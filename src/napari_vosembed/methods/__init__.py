@@ -53,7 +53,14 @@ class Method:
         self.params = self.Params(**params)
 
     def run(self, video, prompts: Prompts | None) -> Generator[Progress, None, np.ndarray]:
+        """Segment every frame; yields `Progress`, returns the `(T, H, W)` labels."""
         raise NotImplementedError
+
+    def propagate(self, video, prompts: Prompts, start: int, direction: int
+                  ) -> Generator[Progress, None, np.ndarray]:
+        """Labels of the frames from `start` on (direction +1) or up to it (-1), propagated from the
+        prompts; the other frames are 0. Methods with `propagates = True` implement it."""
+        raise MethodError(f"method {self.name!r} does not propagate; use segment instead")
 
 
 _REGISTRY: dict[str, type[Method]] = {}
