@@ -209,6 +209,14 @@ def cmd_benchmark_clicks(args) -> int:
     return 0
 
 
+def cmd_benchmark_tvos(args) -> int:
+    from .benchmarks import tvos
+
+    tvos.run(Path(args.data), args.sequences, Path(args.cells) if args.cells else None, args.device, args.threads,
+             args.dense_frames, Path(args.out), Path(args.docs))
+    return 0
+
+
 def cmd_train_pml(args) -> int:
     from .engine.cache import EmbeddingSettings
     from .training import pml
@@ -219,6 +227,19 @@ def cmd_train_pml(args) -> int:
     out = drive(pml.run(Path(args.data), Path(args.out), config, args.device, command,
                         Path(args.plot) if args.plot else None), args.quiet)
     print(f"PML head saved to {out} (training record: {out.with_suffix('.json')})")
+    return 0
+
+
+def cmd_train_tvos(args) -> int:
+    from .engine.cache import EmbeddingSettings
+    from .training import tvos
+
+    config = tvos.TrainConfig(steps=args.steps, clips=args.clips, crops=args.crops, crop=args.crop, lr=args.lr,
+                              seed=args.seed, settings=EmbeddingSettings(scale=args.scale))
+    command = "vosembed " + " ".join(sys.argv[1:])
+    out = drive(tvos.run(Path(args.data), Path(args.out), config, args.device, command,
+                         Path(args.plot) if args.plot else None), args.quiet)
+    print(f"TVOS head saved to {out} (training record: {out.with_suffix('.json')})")
     return 0
 
 
@@ -303,6 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
             b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
         b.set_defaults(func=func)
+    b = bench.add_parser("tvos", help="TVOS J&F, propagation time per frame (fast and dense) and peak RSS",
+                         description="TVOS from the mask of frame 0 on the held-out sequences (trained head and raw "
+                         "backbone features) and on a Cell Tracking Challenge sequence; the fast propagation "
+                         "against the dense affinity on the same inputs, in the same run.")
+    b.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
+    b.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
+    b.add_argument("--cells", default="../shared/data/ctc-dic-hela-01",
+                   help="a multi-object sequence (every object of frame 0 propagates); '' to skip")
+    b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    b.add_argument("--dense-frames", type=int, default=5, help="frames timed with the dense reference")
+    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
+    b.set_defaults(func=cmd_benchmark_tvos)
 
     p = sub.add_parser("train", help="train the heads we ship")
     train = p.add_subparsers(dest="head", required=True)
@@ -322,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.set_defaults(func=cmd_train_pml)
+
+    t = train.add_parser("tvos", help="the TVOS embedding head (propagation cross-entropy of Zhang et al. 2020, Eq. 8)",
+                         description="Train the TVOS head on DAVIS-style sequence folders (SEQ/frames + SEQ/masks), "
+                         "with our split (every fourth sequence held out). Embeddings are cached first.")
+    t.add_argument("--data", required=True, help="root of training sequences")
+    t.add_argument("--out", default="src/napari_vosembed/models/tvos_head.pt", help="where the head is written")
+    t.add_argument("--plot", help="PNG of the loss curve")
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--clips", type=int, default=1, help="target frames (each with 9 reference frames) per step")
+    t.add_argument("--crops", type=int, default=4, help="crops of each target frame")
+    t.add_argument("--crop", type=int, default=32, help="crop side in grid cells")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--scale", type=float, default=None,
+                   help="frame scale of the backbone embeddings (default: about 0.1 megapixel, 0.5 for 480p)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.set_defaults(func=cmd_train_tvos)
     return parser
 
 

@@ -7,7 +7,7 @@ import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
-from napari_vosembed.errors import PromptError
+from napari_vosembed.errors import ModelFileError, PromptError
 from napari_vosembed.methods import segment
 from napari_vosembed.methods.tvos import (
     SIGMA_DISTANT,
@@ -19,6 +19,7 @@ from napari_vosembed.methods.tvos import (
     propagate,
     propagate_dense,
     sample_references,
+    seed_masks,
     with_positions,
 )
 from napari_vosembed.metrics import db_eval_iou
@@ -195,11 +196,69 @@ def test_a_saved_head_loads_with_its_settings(tmp_path):
     assert settings == TINY and loaded.scale == pytest.approx(1 / 0.07)
 
 
-def test_propagation_without_a_mask_is_refused():
+def test_propagation_without_an_object_is_refused():
     frames, masks = scene(n=3)
-    with pytest.raises(PromptError, match="paint a mask"):
-        segment(frames, Prompts().add_point(0, 30, 20, 1), method="tvos", device="cpu")
+    with pytest.raises(PromptError, match="no prompts"):
+        segment(frames, Prompts(), method="tvos", device="cpu")
     with pytest.raises(PromptError, match="no object"):
         segment(frames, Prompts().add_mask(0, np.zeros_like(masks[0])), method="tvos", device="cpu")
     with pytest.raises(PromptError, match="paint a mask"):
         drive(session(frames).run({}), quiet=True)
+
+
+def test_propagating_forward_or_backward_labels_only_that_side_of_the_start():
+    frames, masks = scene(n=9)
+    s = session(frames)
+    forward = drive(s.propagate({4: masks[4]}, 4, 1), quiet=True)
+    assert not forward[:4].any() and np.array_equal(forward[4], masks[4])
+    backward = drive(s.propagate({4: masks[4], 8: masks[8]}, 4, -1), quiet=True)
+    assert not backward[5:].any()
+    for t in range(5, 9):
+        assert db_eval_iou(masks[t] == 1, forward[t] == 1) > 0.85
+    for t in range(4):  # frame 8, far on the right, stays a reference: a slightly lower bar
+        assert db_eval_iou(masks[t] == 1, backward[t] == 1) > 0.8
+    with pytest.raises(PromptError, match=r"frame 2, which has no annotation.*annotated frames: 4"):
+        drive(s.propagate({4: masks[4]}, 2, 1), quiet=True)
+
+
+def test_clicks_seed_the_propagation_through_pml():
+    """Clicks alone: PML labels the clicked frame, TVOS carries it through the video (raw features
+    for both, so the test needs no trained head)."""
+    frames, masks = scene(n=6, size=(96, 128), side=32)
+    prompts = Prompts().add_point(2, 28, 40, 1).add_point(2, 80, 110, 0)
+    s = session(frames)
+    seeds = drive(seed_masks(frames, prompts, "cpu", None, TINY), quiet=True)
+    assert list(seeds) == [2] and db_eval_iou(masks[2] == 1, seeds[2] == 1) > 0.7
+    labels = drive(s.propagate(seeds, 2, 1), quiet=True)
+    assert not labels[:2].any()
+    assert min(db_eval_iou(masks[t] == 1, labels[t] == 1) for t in range(3, 6)) > 0.6
+
+
+def test_tvos_is_registered_and_propagates():
+    from napari_vosembed.methods import available_methods
+
+    cls = available_methods()["tvos"]
+    assert cls.propagates and list(available_methods())[0] == "pml"
+    frames, masks = scene(n=5)
+    prompts = Prompts().add_mask(1, masks[1])
+    out = drive(cls(device="cpu", head="none").propagate(frames, prompts, start=1, direction=1), quiet=True)
+    assert not out[0].any() and db_eval_iou(masks[4] == 1, out[4] == 1) > 0.5
+
+
+def test_a_damaged_head_file_is_refused_clearly(tmp_path):
+    bad = tmp_path / "head.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(ModelFileError, match=r"head.pt is not a TVOS head file"):
+        TVOSHead.load(bad)
+    with pytest.raises(ModelFileError, match="vosembed train tvos"):
+        TVOSHead.load(tmp_path / "missing.pt")
+
+
+def test_the_benchmark_times_both_paths_on_the_same_inputs():
+    from napari_vosembed.benchmarks.tvos import fast_vs_dense
+
+    s, masks = textured_session(n=6)
+    drive(s.run({0: masks[0]}), quiet=True)
+    timing = fast_vs_dense(s, [4, 5], "cpu")
+    assert timing["frames"] == [4, 5] and timing["fast_s"] > 0 and timing["dense_s"] > 0
+    assert timing["argmax_agreement_min"] > 0.999 and timing["max_probability_difference"] < 0.2

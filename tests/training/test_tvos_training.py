@@ -4,7 +4,7 @@ import torch
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.methods.tvos import TVOSHead, propagate_dense, sample_references
 from napari_vosembed.progress import drive
-from napari_vosembed.training.pml import TrainingVideo
+from napari_vosembed.training.common import TrainingVideo
 from napari_vosembed.training.tvos import TrainConfig, propagation_loss, sample_clip, train
 
 

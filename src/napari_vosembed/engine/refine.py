@@ -68,3 +68,11 @@ def refine_labels(scores: np.ndarray, label_values: np.ndarray, stride: float, s
     if guide is not None and radius > 0:
         full = guided_filter(guide, full if full.shape[2] > 1 else full[..., 0], radius, eps).reshape(*size, -1)
     return label_values[np.argmax(full, axis=2)]
+
+
+def refine_frame(video, t: int, scores: np.ndarray, label_values: np.ndarray, stride: float,
+                 intensity: tuple[float, float] | None) -> np.ndarray:
+    """`refine_labels` of frame t of `video` with the frame as guide (stretched by `intensity`,
+    `video.intensity_range()`), radius half a grid cell; `intensity` None: plain bilinear."""
+    guide = gray_guide(video[t], *intensity) if intensity is not None else None
+    return refine_labels(scores, label_values, stride, tuple(video.shape[1:3]), guide, radius=max(1, int(stride) // 2))

@@ -129,4 +129,4 @@ def segment(
             progress(step)
 
 
-from . import pml  # noqa: E402  (registers the method; it needs the names above)
+from . import pml, tvos  # noqa: E402  (registers the methods; they need the names above)

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..engine.refine import gray_guide, refine_labels
+from ..engine.heads import Head
+from ..engine.refine import refine_frame
 from ..engine.retrieval import ReferencePool
-from ..errors import ModelFileError, PromptError
+from ..errors import PromptError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
@@ -32,10 +33,12 @@ from . import Method, register_method
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "pml_head.pt"
 
 
-class PMLHead(nn.Module):
+class PMLHead(Head):
     """Embedding head e = f(x, i, j, t) (Sec. 3.1): backbone features plus the pixel's normalised
     coordinates and frame number, through 1x1 convolutions (here per-pixel linear layers), to a
     d-dimensional, L2-normalised embedding."""
+
+    kind, train_command = "PML head", "vosembed train pml"
 
     def __init__(self, in_channels: int, dim: int = 128, hidden: int = 256):
         super().__init__()
@@ -44,20 +47,6 @@ class PMLHead(nn.Module):
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.net(torch.cat([features, coords], -1)), dim=-1)
-
-    def save(self, path: Path, settings: EmbeddingSettings, meta: dict) -> None:
-        torch.save({"config": self.config, "settings": settings.__dict__, "state_dict": self.state_dict(),
-                    "meta": meta}, path)
-
-    @classmethod
-    def load(cls, path: Path) -> tuple[PMLHead, EmbeddingSettings]:
-        if not Path(path).is_file():
-            raise ModelFileError(f"PML head {path} does not exist (train one with `vosembed train pml`)")
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        head = cls(**blob["config"])
-        head.load_state_dict(blob["state_dict"])
-        settings = blob["settings"]
-        return head.eval().requires_grad_(False), EmbeddingSettings(**{**settings, "levels": tuple(settings["levels"])})
 
 
 def grid_coords(t: int, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -208,8 +197,7 @@ class PMLSession:
         return scores.reshape(*self.grid, -1), self.pool.label_values, unanimous
 
     def to_labels(self, t: int, scores: np.ndarray, values: np.ndarray) -> np.ndarray:
-        guide = gray_guide(self.video[t], *self._intensity) if self.refine else None
-        return refine_labels(scores, values, self.stride, self.frame_shape, guide, radius=max(1, int(self.stride) // 2))
+        return refine_frame(self.video, t, scores, values, self.stride, self._intensity if self.refine else None)
 
     def predict_frame(self, t: int) -> np.ndarray:
         """Full-resolution labels of frame t from the current pool (the on-screen update)."""

@@ -11,8 +11,10 @@ Reference frames: 9 of the preceding 40 (Sec. 3.3, Fig. 3), the 4 most recent wi
 prior's sigma = 8 and 5 spread over the rest with sigma = 21 (stride-8 grid cells). Annotated
 frames keep their masks as soft labels (area shares of each cell) and stay in the reference set;
 predicted frames are stored as hard labels; the score map is upsampled bilinearly before the
-argmax. Beyond the paper: propagation starts at the first annotated frame and runs forward, then
-backward, and any frame can carry a mask (painted, or from PML).
+argmax (and snapped to the frame's edges by the guided filter PML uses, unless `refine` is off).
+Beyond the paper: `run` starts at the first annotated frame and runs forward, then backward;
+`propagate` runs one way from any annotated frame; any frame can carry a mask, painted or
+retrieved by PML from clicks, boxes or scribbles (`seed_masks`).
 
 `propagate_dense` builds the (HW x 9HW) affinity as written; `propagate` (the default) gives the
 same labels at a fraction of the cost: each 4x4 tile of the target frame keeps only the 4x4
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -35,8 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..engine.refine import refine_labels
-from ..errors import ModelFileError, PromptError
+from ..engine.heads import Head
+from ..engine.refine import refine_frame
+from ..errors import PromptError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
@@ -56,9 +59,11 @@ def _source_index(out: np.ndarray, size_in: int, size_out: int) -> tuple[np.ndar
     return lo, np.minimum(lo + 1, size_in - 1), (src - lo).astype(np.float32)
 
 
-class TVOSHead(nn.Module):
+class TVOSHead(Head):
     """The embedding of Sec. 3.4 on top of the frozen backbone: a per-pixel MLP (1x1 convolutions)
     to a `dim`-dimensional L2-normalised embedding, and the learned similarity scale s of Eq. 6."""
+
+    kind, train_command = "TVOS head", "vosembed train tvos"
 
     def __init__(self, in_channels: int, dim: int = 32, hidden: int = 128, temperature: float = 0.1):
         super().__init__()
@@ -105,20 +110,6 @@ class TVOSHead(nn.Module):
                 level = torch.lerp(level.index_select(2, xa), level.index_select(2, xb), wx_)
             hidden = hidden + level
         return F.normalize(self.net[2](F.relu(hidden)), dim=-1)
-
-    def save(self, path: Path, settings: EmbeddingSettings, meta: dict) -> None:
-        torch.save({"config": self.config, "settings": settings.__dict__, "state_dict": self.state_dict(),
-                    "meta": meta}, path)
-
-    @classmethod
-    def load(cls, path: Path) -> tuple[TVOSHead, EmbeddingSettings]:
-        if not Path(path).is_file():
-            raise ModelFileError(f"TVOS head {path} does not exist (train one with `vosembed train tvos`)")
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        head = cls(**blob["config"])
-        head.load_state_dict(blob["state_dict"])
-        settings = blob["settings"]
-        return head.eval().requires_grad_(False), EmbeddingSettings(**{**settings, "levels": tuple(settings["levels"])})
 
 
 def sample_references(step: int, n_recent: int = 4, n_distant: int = 5, span: int = 40) -> list[tuple[int, float]]:
@@ -222,16 +213,17 @@ def _blocked(x: torch.Tensor, grid: tuple[int, int], block: int) -> torch.Tensor
 
 
 def propagate(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor,
-              grid: tuple[int, int], scale: float, block: int = 4, local: int = 1, extra: int = 48
+              grid: tuple[int, int], scale: float, block: int = 4, local: int = 1, extra: int = 192
               ) -> torch.Tensor:
-    """`propagate_dense`'s result, computed on the reference pixels that carry the weight.
+    """`propagate_dense` over the reference pixels that carry the weight (docs/tvos.md: the same
+    argmax on more than 99.9 % of the cells of DAVIS frames, at 1/100 of the cost).
 
     The target frame is cut into `block` x `block` tiles and every reference frame into blocks of
     the same size. A coarse pass scores each (tile, block) pair with Eq. 7 on their mean
     embeddings and centres; each tile keeps the blocks within `local` blocks of it in every
     reference frame and the `extra` best-scoring others (top-k), and the exact weights are
-    computed over the pixels of those blocks only: with 10 reference frames, 138 blocks, about
-    2,200 of the 64,200 reference pixels of a 480p frame.
+    computed over the pixels of those blocks only: with 10 reference frames, 282 blocks, 4,512 of
+    the 64,200 reference pixels of a 480p frame.
     """
     h, w = grid
     n_ref, n, d = keys.shape
@@ -286,10 +278,13 @@ class TVOSSession:
     head: a `TVOSHead`, or None for the raw backbone features (L2-normalised, scale
     1 / `temperature`). fast: `propagate` (default) or `propagate_dense`. keep_annotated: every
     annotated frame stays in the reference set (with its mask), besides the 9 sampled frames.
+    refine: snap the upsampled labels to the frame's edges (guided filter, as PML), else bilinear
+    upsampling only (the paper).
     """
 
     def __init__(self, video, embeddings: Embeddings, head: TVOSHead | None, device: torch.device,
-                 temperature: float | None = None, fast: bool = True, keep_annotated: bool = True):
+                 temperature: float | None = None, fast: bool = True, keep_annotated: bool = True,
+                 refine: bool = True):
         self.video = video
         self.embeddings = embeddings
         self.device = torch.device(device)
@@ -299,6 +294,7 @@ class TVOSSession:
         else:
             self.scale = head.scale if head is not None else 1 / RAW_TEMPERATURE
         self.fast, self.keep_annotated = fast, keep_annotated
+        self._intensity = video.intensity_range() if refine else None
         self.grid = embeddings.grid_shape
         self.stride = embeddings.settings.stride
         self.frame_shape = embeddings.frame_shape
@@ -350,13 +346,9 @@ class TVOSSession:
             refs += [(a, SIGMA_DISTANT) for a in annotated if a not in {r for r, _ in refs}]
         return refs
 
-    def run(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
-        """Labels of every frame from the masks of the annotated frames, yielding progress.
-
-        From the first annotated frame forward to the end, then backward to frame 0; an annotated
-        frame on the way keeps its mask. `self.labels` then holds every frame's grid labels
-        ((h*w, K): soft for annotated frames, one-hot for predicted ones; K = `self.values`)."""
-        n = len(self.video)
+    def _start(self, masks: dict[int, np.ndarray]) -> np.ndarray:
+        """Soft grid labels of the annotated frames (`self.labels`, K = `self.values`); returns the
+        output volume holding their masks."""
         if not masks:
             raise PromptError("TVOS propagates masks: paint a mask (or run PML) on at least one frame first")
         values = np.union1d(np.unique(np.concatenate([np.unique(m) for m in masks.values()])), [0])
@@ -365,22 +357,72 @@ class TVOSSession:
         self.values = values
         self.labels = {t: torch.from_numpy(cell_shares(m, values, self.grid, self.stride)).to(self.device)
                        for t, m in masks.items()}
-        annotated = sorted(masks)
-        out = np.zeros((n, *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
+        out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
         for t, m in masks.items():
             out[t] = m
-        done = len(annotated)
-        for direction, stop in ((1, n), (-1, -1)):
-            for step, t in enumerate(range(annotated[0] + direction, stop, direction), 1):
-                if t in masks:
-                    continue
-                scores = self.frame_scores(t, self.references(t, step, direction, annotated), self.labels)
-                self.labels[t] = F.one_hot(scores.argmax(1), len(values)).to(scores.dtype)
-                out[t] = refine_labels(scores.reshape(*self.grid, -1).cpu().numpy(), values, self.stride,
-                                       self.frame_shape)
-                done += 1
-                yield Progress(done, n, "propagation")
         return out
+
+    def _pass(self, out: np.ndarray, masks: dict[int, np.ndarray], origin: int, direction: int, stop: int,
+              progress: list[int]) -> Generator[Progress, None, None]:
+        """Propagate from frame `origin` in `direction` up to `stop` (excluded) into `out`; an
+        annotated frame on the way keeps its mask. `progress` = [done, total], updated."""
+        annotated = sorted(masks)
+        for step, t in enumerate(range(origin + direction, stop, direction), 1):
+            if t in masks:
+                continue
+            scores = self.frame_scores(t, self.references(t, step, direction, annotated), self.labels)
+            self.labels[t] = F.one_hot(scores.argmax(1), len(self.values)).to(scores.dtype)
+            out[t] = refine_frame(self.video, t, scores.reshape(*self.grid, -1).cpu().numpy(), self.values,
+                                  self.stride, self._intensity)
+            progress[0] += 1
+            yield Progress(progress[0], progress[1], "propagation")
+
+    def run(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
+        """Labels of every frame from the masks of the annotated frames, yielding progress.
+
+        From the first annotated frame forward to the end, then backward to frame 0. `self.labels`
+        then holds every frame's grid labels ((h*w, K): soft for annotated frames, one-hot for
+        predicted ones; K = `self.values`)."""
+        out = self._start(masks)
+        n, first = len(self.video), min(masks)
+        progress = [len(masks), n]
+        yield from self._pass(out, masks, first, 1, n, progress)
+        yield from self._pass(out, masks, first, -1, -1, progress)
+        return out
+
+    def propagate(self, masks: dict[int, np.ndarray], start: int, direction: int
+                  ) -> Generator[Progress, None, np.ndarray]:
+        """Labels of frames `start`..end (direction +1) or 0..`start` (-1), propagated from the mask
+        of frame `start`; every annotated frame stays a reference. The other frames are 0."""
+        if start not in masks:
+            raise PromptError(f"TVOS propagates from frame {start}, which has no annotation: paint a mask or click "
+                              f"the objects there" + (f" (annotated frames: {', '.join(map(str, sorted(masks)))})"
+                                                      if masks else ""))
+        out = self._start(masks)
+        n = len(self.video)
+        stop = n if direction > 0 else -1
+        inside = [t for t in masks if (t - start) * direction >= 0]
+        progress = [len(inside), abs(stop - start)]
+        yield Progress(*progress, "propagation")
+        yield from self._pass(out, masks, start, direction, stop, progress)
+        outside = np.arange(n)[(np.arange(n) - start) * direction < 0]
+        out[outside] = 0
+        return out
+
+
+def seed_masks(video, prompts: Prompts, device: str | torch.device, pml_head: str | None = "default",
+               settings: EmbeddingSettings | None = None) -> Generator[Progress, None, dict[int, np.ndarray]]:
+    """The masks TVOS propagates: the painted ones, and on frames with only clicks, boxes or
+    scribbles, the labels PML retrieves there from all the prompts (`PMLSession.predict_frame`)."""
+    from .pml import PMLSession
+
+    masks = dict(prompts.masks)
+    sparse = [t for t in prompts.frames if t not in masks]
+    if sparse:
+        session = yield from PMLSession.open(video, pml_head, device, settings=settings)
+        session.add_prompts(prompts)
+        masks.update((t, session.predict_frame(t)) for t in sparse)
+    return masks
 
 
 @register_method
@@ -388,24 +430,41 @@ class TVOS(Method):
     """Transductive propagation of masks through the video (Zhang et al. 2020)."""
 
     name = "tvos"
-    description = "Transductive propagation (Zhang et al. 2020): masks on any frames, all objects in one pass"
+    description = ("Transductive propagation (Zhang et al. 2020): masks on any frames (or clicks, through PML), "
+                   "all objects in one pass, forward and backward")
     propagates = True
     quality = 5
 
     @dataclass
     class Params:
-        head: str = "default"
-        temperature: float | None = None
-        fast: bool = True
-        keep_annotated: bool = True
+        head: str = field(default="default", metadata={
+            "help": "embedding head: 'default' (the trained head that ships with the plugin), 'none' (raw "
+                    "backbone features) or the path of a .pt head"})
+        temperature: float | None = field(default=None, metadata={
+            "advanced": True, "help": "softmax temperature of Eq. 6 (empty: the head's learned one)"})
+        fast: bool = field(default=True, metadata={
+            "advanced": True, "help": "weigh only the reference blocks that carry the weight (same labels, "
+                                      "about 35x faster than the dense affinity)"})
+        keep_annotated: bool = field(default=True, metadata={
+            "advanced": True, "help": "every annotated frame stays a reference frame, however far back"})
+        refine: bool = field(default=True, metadata={
+            "advanced": True, "help": "snap the borders to image edges (guided filter); off: bilinear upsampling"})
+
+    def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
+        p = self.params
+        head = None if p.head in ("none", "") else p.head
+        if not prompts.frames:
+            raise PromptError("TVOS propagates masks: paint a mask, or click the objects, on at least one frame")
+        session = yield from TVOSSession.open(video, head, self.device, temperature=p.temperature, fast=p.fast,
+                                              keep_annotated=p.keep_annotated, refine=p.refine)
+        masks = yield from seed_masks(video, prompts, self.device, None if head is None else "default",
+                                      session.embeddings.settings)
+        return session, masks
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
-        p = self.params
-        if not prompts.masks:
-            raise PromptError("TVOS propagates masks: paint a mask (or run PML) on at least one frame; "
-                              "clicks and boxes alone are not enough")
-        session = yield from TVOSSession.open(video, None if p.head in ("none", "") else p.head, self.device,
-                                              temperature=p.temperature, fast=p.fast,
-                                              keep_annotated=p.keep_annotated)
-        labels = yield from session.run(prompts.masks)
-        return labels
+        session, masks = yield from self._open(video, prompts)
+        return (yield from session.run(masks))
+
+    def propagate(self, video, prompts: Prompts, start: int, direction: int) -> Generator[Progress, None, np.ndarray]:
+        session, masks = yield from self._open(video, prompts)
+        return (yield from session.propagate(masks, start, direction))

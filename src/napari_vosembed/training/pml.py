@@ -9,28 +9,19 @@ frames' pixels.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..io import list_sequences, read_sequence
-from ..methods.pml import PMLHead, cell_labels, grid_coords
+from ..engine.cache import EmbeddingSettings
+from ..methods.pml import PMLHead, grid_coords
 from ..progress import Progress
+from . import common
+from .common import TrainingVideo, fit
 from .losses import LOSSES
-
-
-def davis_split(names: list[str]) -> tuple[list[str], list[str]]:
-    """Our fixed split of a sequence list: every fourth sequence (alphabetical, from the first) is
-    held out for validation, the rest train."""
-    names = sorted(names)
-    held_out = names[::4]
-    return [n for n in names if n not in held_out], held_out
 
 
 @dataclass
@@ -46,28 +37,6 @@ class TrainConfig:
     hidden: int = 256
     seed: int = 0
     settings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
-
-
-@dataclass
-class TrainingVideo:
-    name: str
-    embeddings: Embeddings
-    labels: np.ndarray  # (T, h*w) int64, the majority ground-truth label of each cell
-
-
-def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, device: str = "auto"
-                ) -> Generator[Progress, None, list[TrainingVideo]]:
-    """Embed (or reuse the cached embeddings of) each sequence and grid its ground truth."""
-    videos = []
-    for i, name in enumerate(names):
-        seq = read_sequence(root / name)
-        emb = yield from embed_video(seq.video, settings, device=device)
-        grid = emb.grid_shape
-        labels = np.stack([cell_labels(seq.masks[t], grid, emb.settings.stride).reshape(-1)
-                           for t in range(len(seq.masks))])
-        videos.append(TrainingVideo(name, emb, labels.astype(np.int64)))
-        yield Progress(i + 1, len(names), "ground truth")
-    return videos
 
 
 def _cell_inputs(video: TrainingVideo, t: int, cells: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,59 +67,20 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     head = PMLHead(videos[0].embeddings.channels, config.dim, config.hidden)
-    optimiser = torch.optim.Adam(head.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
     loss_fn = LOSSES[config.loss]
-    history, running = [], []
-    for step in range(1, config.steps + 1):
+
+    def step_loss() -> torch.Tensor:
         losses = []
         for video in rng.choice(len(videos), config.batch):
             (af, ac, al), (pf, pc, pl) = sample_triplet(videos[video], config.anchors, config.pool, rng)
             losses.append(loss_fn(head(af, ac), head(pf, pc), al, pl, config.margin, generator))
-        loss = torch.stack(losses).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running.append(loss.item())
-        if step % 25 == 0 or step == config.steps:
-            history.append((step, float(np.mean(running))))
-            running = []
-        yield Progress(step, config.steps, "training")
+        return torch.stack(losses).mean()
+
+    history = yield from fit(torch.optim.Adam(head.parameters(), lr=config.lr), config.steps, step_loss)
     return head.eval().requires_grad_(False), history
 
 
 def run(data: Path, out: Path, config: TrainConfig, device: str, command: str, plot: Path | None = None
         ) -> Generator[Progress, None, Path]:
     """Train on `data` (our split of it), save the head to `out` with its training record."""
-    train_names, held_out = davis_split(list_sequences(data))
-    videos = yield from load_videos(data, train_names, config.settings, device)
-    start = time.perf_counter()
-    head, history = yield from train(videos, config)
-    meta = {"data": str(data), "train_sequences": train_names, "held_out_sequences": held_out,
-            "config": {**asdict(config), "settings": asdict(config.settings)}, "loss_history": history,
-            "train_seconds": round(time.perf_counter() - start, 1), "command": command,
-            "torch": torch.__version__}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    head.save(out, config.settings, meta)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    if plot is not None:
-        plot_history(history, plot, f"PML head, {config.loss} loss")
-    return out
-
-
-def plot_history(history: list, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, values = zip(*history)
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=110)
-    ax.plot(steps, values)
-    ax.set(xlabel="step", ylabel="loss (mean of 25 steps)", title=title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    return (yield from common.run(data, out, config, train, device, command, plot, f"PML head, {config.loss} loss"))

@@ -6,15 +6,14 @@ propagated label is minimised. As in the paper each sample is a crop (here 32 x 
 256 x 256 pixels of the frame) of a target frame and its 9 reference frames, drawn with the
 inference schedule (`methods.tvos.sample_references`); the motion prior of inference is applied
 during training too. Each step scores `targets` random pixels of each target crop against every
-pixel of its reference crops (an unbiased estimate of the mean over all target pixels). Sequences, split and ground-truth gridding are those of `training.pml`.
+pixel of its reference crops (an unbiased estimate of the mean over all target pixels). Sequences, split and
+ground-truth gridding are those of `training.common`.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.cache import EmbeddingSettings
-from ..io import list_sequences
 from ..methods.tvos import TVOSHead, propagation_logits, sample_references
 from ..progress import Progress
-from .pml import TrainingVideo, davis_split, load_videos, plot_history
+from . import common
+from .common import TrainingVideo, fit
 
 
 @dataclass
@@ -89,9 +88,8 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
     head = TVOSHead(videos[0].embeddings.channels, config.dim, config.hidden, config.temperature)
     optimiser = torch.optim.Adam([{"params": head.net.parameters()},
                                   {"params": [head.log_scale], "lr": 10 * config.lr}], lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
-    history, running = [], []
-    for step in range(1, config.steps + 1):
+
+    def step_loss() -> torch.Tensor:
         losses = []
         for v in rng.choice(len(videos), config.clips):
             video = videos[v]
@@ -108,33 +106,14 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
             sel = torch.from_numpy(np.sort(rng.choice(emb.shape[2], min(config.targets, emb.shape[2]), replace=False)))
             losses.append(propagation_loss(emb[:, 0, sel], emb[:, 1:], cells[:, 1:], cells[:, 0, sel], sigmas, grid,
                                            head.log_scale.exp(), sel))
-        loss = torch.stack(losses).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running.append(loss.item())
-        if step % 25 == 0 or step == config.steps:
-            history.append((step, float(np.mean(running))))
-            running = []
-        yield Progress(step, config.steps, "training")
+        return torch.stack(losses).mean()
+
+    history = yield from fit(optimiser, config.steps, step_loss)
     return head.eval().requires_grad_(False), history
 
 
 def run(data: Path, out: Path, config: TrainConfig, device: str, command: str, plot: Path | None = None
         ) -> Generator[Progress, None, Path]:
     """Train on `data` (our split of it), save the head to `out` with its training record."""
-    train_names, held_out = davis_split(list_sequences(data))
-    videos = yield from load_videos(data, train_names, config.settings, device)
-    start = time.perf_counter()
-    head, history = yield from train(videos, config)
-    meta = {"data": str(data), "train_sequences": train_names, "held_out_sequences": held_out,
-            "config": {**asdict(config), "settings": asdict(config.settings)}, "loss_history": history,
-            "temperature": 1 / head.scale, "train_seconds": round(time.perf_counter() - start, 1),
-            "command": command, "torch": torch.__version__}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    head.save(out, config.settings, meta)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    if plot is not None:
-        plot_history(history, plot, "TVOS head, propagation cross-entropy (Eq. 8)")
-    return out
+    return (yield from common.run(data, out, config, train, device, command, plot,
+                                  "TVOS head, propagation cross-entropy (Eq. 8)"))

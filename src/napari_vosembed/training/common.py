@@ -1,0 +1,109 @@
+"""What training any head needs: our split of a sequence root, the cached features with gridded
+ground truth, the optimisation loop, and the saved head with its training record."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
+from ..engine.heads import Head
+from ..io import list_sequences, read_sequence
+from ..methods.pml import cell_labels
+from ..progress import Progress
+
+
+def davis_split(names: list[str]) -> tuple[list[str], list[str]]:
+    """Our fixed split of a sequence list: every fourth sequence (alphabetical, from the first) is
+    held out for validation, the rest train."""
+    names = sorted(names)
+    held_out = names[::4]
+    return [n for n in names if n not in held_out], held_out
+
+
+@dataclass
+class TrainingVideo:
+    name: str
+    embeddings: Embeddings
+    labels: np.ndarray  # (T, h*w) int64, the majority ground-truth label of each cell
+
+
+def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, device: str = "auto"
+                ) -> Generator[Progress, None, list[TrainingVideo]]:
+    """Embed (or reuse the cached embeddings of) each sequence and grid its ground truth."""
+    videos = []
+    for i, name in enumerate(names):
+        seq = read_sequence(root / name)
+        emb = yield from embed_video(seq.video, settings, device=device)
+        grid = emb.grid_shape
+        labels = np.stack([cell_labels(seq.masks[t], grid, emb.settings.stride).reshape(-1)
+                           for t in range(len(seq.masks))])
+        videos.append(TrainingVideo(name, emb, labels.astype(np.int64)))
+        yield Progress(i + 1, len(names), "ground truth")
+    return videos
+
+
+def fit(optimiser: torch.optim.Optimizer, steps: int, step_loss: Callable[[], torch.Tensor]
+        ) -> Generator[Progress, None, list[tuple[int, float]]]:
+    """`steps` optimiser steps on `step_loss()` with a cosine learning-rate schedule; returns the
+    loss history [(step, mean loss of the last 25 steps)]."""
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    history, running = [], []
+    for step in range(1, steps + 1):
+        loss = step_loss()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running.append(loss.item())
+        if step % 25 == 0 or step == steps:
+            history.append((step, float(np.mean(running))))
+            running = []
+        yield Progress(step, steps, "training")
+    return history
+
+
+def run(data: Path, out: Path, config, train: Callable, device: str, command: str, plot: Path | None,
+        title: str) -> Generator[Progress, None, Path]:
+    """Train with `train(videos, config)` (a generator returning the head and its loss history) on
+    our split of `data`; save the head to `out` and its training record beside it (.json)."""
+    train_names, held_out = davis_split(list_sequences(data))
+    videos = yield from load_videos(data, train_names, config.settings, device)
+    start = time.perf_counter()
+    head: Head
+    head, history = yield from train(videos, config)
+    meta = {"data": str(data), "train_sequences": train_names, "held_out_sequences": held_out,
+            "config": {**asdict(config), "settings": asdict(config.settings)}, "loss_history": history,
+            "train_seconds": round(time.perf_counter() - start, 1), "command": command,
+            "torch": torch.__version__}
+    if hasattr(head, "scale"):
+        meta["temperature"] = 1 / head.scale
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head.save(out, config.settings, meta)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    if plot is not None:
+        plot_history(history, plot, title)
+    return out
+
+
+def plot_history(history: list, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, values = zip(*history)
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=110)
+    ax.plot(steps, values)
+    ax.set(xlabel="step", ylabel="loss (mean of 25 steps)", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
