@@ -4,7 +4,8 @@
         .venv/bin/python scripts/user_guide_screenshots.py [--out docs/images]
 
 It opens the bundled sample clip (File > Open Sample > VOS Embed > Horse gallop), docks the
-widget, and plays each workflow of the guide as a user would: clicks, a box, a painted mask.
+widget, and plays each workflow of the guide as a user would: clicks, a box, a painted mask, and
+the mask propagated with TVOS.
 PML runs with the trained head when one is installed (src/napari_vosembed/models/pml_head.pt),
 else with raw ISNet features (head "none"); the ISNet backbone must be in the model cache
 (`vosembed fetch-models`). The first run computes the clip's embeddings (about half a minute on
@@ -122,6 +123,17 @@ def main(argv=None) -> int:
     viewer.dims.set_current_step(0, 16)
     viewer.layers.selection.active = mask_layer
     _shot(viewer, args.out / "user-guide-mask.png")
+
+    # 4. the same painted mask propagated with TVOS from the frame in view, forward then backward
+    _clear(viewer, widget, keep | {mask_layer})
+    widget.method.value = "tvos"
+    viewer.dims.set_current_step(0, FRAME)
+    widget.forward_button.clicked.emit()
+    widget.backward_button.clicked.emit()
+    score("tvos")
+    viewer.dims.set_current_step(0, 20)
+    viewer.layers.selection.active = mask_layer
+    _shot(viewer, args.out / "user-guide-tvos.png")
 
     viewer.close()
     return 0

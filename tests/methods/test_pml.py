@@ -128,3 +128,14 @@ def test_with_prompts_starts_a_fresh_pool_on_shared_embeddings(tmp_path):
     assert len(s.pool) == 2 and len(view.pool) > 2 and view.k == 3
     with pytest.raises(TypeError, match="bogus"):
         s.with_prompts(Prompts(), bogus=1)
+
+
+def test_the_head_applied_per_level_equals_the_head_on_the_combined_features():
+    from napari_vosembed.methods.pml import PMLHead, grid_coords
+
+    frames, _ = scene(n=3)
+    s = drive(PMLSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
+    head = PMLHead(s.embeddings.channels, dim=8, hidden=16).eval()
+    with torch.no_grad():
+        whole = head(s.embeddings.frame_features(2).reshape(-1, s.embeddings.channels), grid_coords(2, 3, s.grid))
+        assert torch.allclose(head.embed(s.embeddings, 2, 3), whole, atol=1e-5)

@@ -122,11 +122,6 @@ def image_layer_data(video, name):
     return (lazy_array(video), meta, "image")
 
 
-# Kept for callers of the first version of this module.
-_read = read
-_image_layer = image_layer_data
-
-
 def prefer_reader(patterns=PREFERRED_PATTERNS) -> dict[str, str]:
     """Make this plugin napari's reader for video files, where the user has no preference yet.
 

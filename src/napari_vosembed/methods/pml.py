@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..engine.heads import Head
+from ..engine.heads import Head, project_levels
 from ..engine.refine import refine_frame
 from ..engine.retrieval import ReferencePool
 from ..errors import PromptError
@@ -47,6 +47,15 @@ class PMLHead(Head):
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.net(torch.cat([features, coords], -1)), dim=-1)
+
+    def embed(self, embeddings: Embeddings, t: int, n_frames: int) -> torch.Tensor:
+        """(h*w, dim) = `self(embeddings.frame_features(t), grid_coords(t, ...))`, with the first
+        layer applied level by level (`project_levels`: the same numbers, 8x fewer operations)."""
+        first, channels = self.net[0], embeddings.channels
+        features = project_levels(embeddings, first.weight[:, :channels], [t])[0].reshape(-1, first.out_features)
+        coords = grid_coords(t, n_frames, embeddings.grid_shape).to(first.weight.device)
+        hidden = features + coords @ first.weight[:, channels:].T + first.bias
+        return nn.functional.normalize(self.net[2](nn.functional.relu(hidden)), dim=-1)
 
 
 def grid_coords(t: int, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -116,9 +125,10 @@ class PMLSession:
         out = np.empty((n, self.grid[0] * self.grid[1], dim), np.float16)
         with torch.inference_mode():
             for t in range(n):
-                x = self.embeddings.frame_features(t).reshape(-1, channels).to(self.device)
-                e = (nn.functional.normalize(x, dim=-1) if self.head is None
-                     else self.head(x, grid_coords(t, n, self.grid).to(self.device)))
+                if self.head is None:
+                    e = nn.functional.normalize(self.embeddings.frame_features(t).reshape(-1, channels), dim=-1)
+                else:
+                    e = self.head.embed(self.embeddings, t, n)
                 out[t] = e.cpu().numpy()
         return out
 

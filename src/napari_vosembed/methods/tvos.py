@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..engine.heads import Head
+from ..engine.heads import Head, project_levels
 from ..engine.refine import refine_frame
 from ..errors import PromptError
 from ..progress import Progress
@@ -49,14 +49,6 @@ DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "tvos_head.pt"
 SIGMA_RECENT, SIGMA_DISTANT = 8.0, 21.0
 #: Temperature of the raw backbone features (no head), chosen on the training sequences (docs/tvos.md).
 RAW_TEMPERATURE = 0.05
-
-
-def _source_index(out: np.ndarray, size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The two input rows (or columns) and the weight of the second that bilinear resizing
-    `size_in` -> `size_out` reads for each output in `out` (as `interpolate(align_corners=False)`)."""
-    src = np.maximum((out + 0.5) * (size_in / size_out) - 0.5, 0)
-    lo = np.floor(src).astype(np.int64)
-    return lo, np.minimum(lo + 1, size_in - 1), (src - lo).astype(np.float32)
 
 
 class TVOSHead(Head):
@@ -82,33 +74,10 @@ class TVOSHead(Head):
     def embed(self, embeddings: Embeddings, frames: list[int], top: int = 0, left: int = 0,
               size: int | None = None) -> torch.Tensor:
         """`self(embeddings.frame_features(t))` for each t of `frames`, on the window of `size`
-        cells (default: all) at (top, left): (len(frames), rows, cols, dim).
-
-        The first layer is linear and bilinear upsampling is linear, so it is applied to every level
-        at that level's own resolution and its output upsampled: the same numbers, without building
-        the 960-channel map (8x fewer operations at the default settings)."""
-        h, w = embeddings.grid_shape
-        rows = np.arange(top, min(top + (size or h), h))
-        cols = np.arange(left, min(left + (size or w), w))
+        cells (default: all) at (top, left): (len(frames), rows, cols, dim), through
+        `project_levels`."""
         first = self.net[0]
-        weights = first.weight.split([a.shape[-1] for a in embeddings.levels.values()], dim=1)
-        hidden = first.bias
-        for array, weight in zip(embeddings.levels.values(), weights):
-            hi, wi = array.shape[1:3]
-            same = (hi, wi) == (h, w)
-            y0, y1, wy = _source_index(rows, hi, h)
-            x0, x1, wx = _source_index(cols, wi, w)
-            r0, c0 = y0.min(), x0.min()
-            r1, c1 = (rows[-1], cols[-1]) if same else (y1.max(), x1.max())
-            window = np.asarray(array[frames, r0 : r1 + 1, c0 : c1 + 1], dtype=np.float32)
-            level = F.normalize(torch.from_numpy(window).to(weight.device), dim=-1) @ weight.T
-            if not same:
-                ya, yb, xa, xb = (torch.from_numpy(i).to(weight.device) for i in (y0 - r0, y1 - r0, x0 - c0, x1 - c0))
-                wy_ = torch.from_numpy(wy).to(weight.device)[:, None, None]
-                wx_ = torch.from_numpy(wx).to(weight.device)[:, None]
-                level = torch.lerp(level.index_select(1, ya), level.index_select(1, yb), wy_)
-                level = torch.lerp(level.index_select(2, xa), level.index_select(2, xb), wx_)
-            hidden = hidden + level
+        hidden = project_levels(embeddings, first.weight, frames, top, left, size) + first.bias
         return F.normalize(self.net[2](F.relu(hidden)), dim=-1)
 
 
