@@ -1,0 +1,196 @@
+"""`vosembed benchmark pml` and `vosembed benchmark clicks`: PML accuracy, latency and the click curve.
+
+Both run on the sequences our split holds out of training (`training.common.davis_split`), with the
+trained head and with the raw (untrained) backbone features, from the cached embeddings (the
+backbone pass is measured by `benchmark embed`, not here).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..io import list_sequences, read_sequence
+from ..methods.pml import PMLSession
+from ..metrics import db_eval_iou, evaluate_sequence, summarize
+from ..progress import drive
+from ..prompts import Prompts
+
+#: Semi-supervised variants: name -> (head, online adaptation).
+VARIANTS = {
+    "trained head, online adaptation": ("default", True),
+    "raw ISNet features, online adaptation": (None, True),
+    "raw ISNet features, no adaptation": (None, False),
+    "trained head, no adaptation": ("default", False),
+}
+#: Click-robot variants: name -> head.
+CLICK_VARIANTS = {"trained head": "default", "raw ISNet features": None}
+
+
+def held_out(data: Path, names: list[str] | None) -> list[str]:
+    from ..training.common import davis_split
+
+    return names or davis_split(list_sequences(data))[1]
+
+
+def _open(seq, head, device):
+    return drive(PMLSession.open(seq.video, head, device), quiet=True)
+
+
+def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: Path, docs: Path) -> dict:
+    """J&F with the first frame's mask per variant; retrieval time per frame and per click."""
+    from . import machine
+
+    names = held_out(data, names)
+    measured_on = machine()
+    results = {}
+    for variant, (head, adapt) in VARIANTS.items():
+        scores, per_frame, click_frame, click_video = {}, [], [], []
+        for name in names:
+            seq = read_sequence(data / name)
+            gt = [seq.masks[t] for t in range(len(seq.masks))]
+            session = _open(seq, head, device)
+            session.add_prompts(Prompts().add_mask(0, gt[0]))
+            start = time.perf_counter()
+            labels = drive(session.predict_all(online_adaptation=adapt), quiet=True)
+            per_frame.append((time.perf_counter() - start) / len(labels))
+            scores[name] = evaluate_sequence(list(labels), gt)
+
+            clicks = _open(seq, head, device)
+            rng = np.random.default_rng(0)
+            t_mid = len(gt) // 2
+            for i, (label, pick) in enumerate(((1, gt[t_mid] > 0), (0, gt[t_mid] == 0)) * 3):
+                y, x = _random_pixel(pick, rng)
+                start = time.perf_counter()
+                clicks.add_prompts(Prompts().add_point(t_mid, y, x, label), group=i)
+                clicks.predict_frame(t_mid)
+                click_frame.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            drive(clicks.predict_all(online_adaptation=False), quiet=True)
+            click_video.append(time.perf_counter() - start)
+            print(f"{variant} {name}: J&F {summarize({name: scores[name]})['global']['J&F-Mean']:.3f}",
+                  file=sys.stderr)
+        results[variant] = {
+            "report": summarize(scores), "retrieval_s_per_frame_median": statistics.median(per_frame),
+            "click_to_frame_s_median": statistics.median(click_frame),
+            "click_to_video_s_median": statistics.median(click_video),
+        }
+        _write_semi_supervised(results, names, data, device, measured_on, out_dir, docs)
+    return results
+
+
+def _write_semi_supervised(results, names, data, device, measured_on, out_dir, docs) -> None:
+    """The report of the variants measured so far (rewritten after each one)."""
+    from . import peak_rss_mib, write_report
+
+    payload = {"benchmark": "pml", "data": str(data), "sequences": names, "device": device,
+               "machine": measured_on, "peak_rss_mib": peak_rss_mib(), "results": results}
+    lines = ["## PML, semi-supervised (`vosembed benchmark pml`)", "",
+             f"Held-out sequences: {', '.join(names)}. Mask of frame 0, k = 5, guided-filter upsampling; "
+             f"DAVIS protocol (first and last frames excluded). Device `{device}`, {measured_on['torch_threads']} "
+             "torch and faiss threads; "
+             f"times exclude the backbone (embeddings cached); 1-minute load average "
+             f"{measured_on['load_average_1min']:.1f} at the start. Peak RSS {peak_rss_mib():.0f} MiB. "
+             "Click latency: six alternating clicks on the middle frame, median time from adding a click "
+             "to the labels of that frame, and of the whole video without adaptation.", "",
+             "| variant | J&F | J mean | J recall | F mean | F recall | retrieval s/frame "
+             "| click -> frame s | click -> video s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for variant, r in results.items():
+        g = r["report"]["global"]
+        lines.append(f"| {variant} | {100 * g['J&F-Mean']:.1f} | {100 * g['J-Mean']:.1f} | {100 * g['J-Recall']:.1f} "
+                     f"| {100 * g['F-Mean']:.1f} | {100 * g['F-Recall']:.1f} | {r['retrieval_s_per_frame_median']:.3f} "
+                     f"| {r['click_to_frame_s_median']:.4f} | {r['click_to_video_s_median']:.2f} |")
+    lines += ["", "J&F per sequence (" + " / ".join(results) + "):", ""]
+    for name in names:
+        lines.append(f"- {name}: " + " / ".join(
+            f"{100 * r['report']['sequences'][name]['J&F-Mean']:.1f}" for r in results.values()))
+    write_report("pml", payload, "\n".join(lines), out_dir, docs)
+
+
+def _random_pixel(region: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+    ys, xs = np.nonzero(region)
+    i = rng.integers(len(ys))
+    return int(ys[i]), int(xs[i])
+
+
+def click_curve(seq, head, device: str, max_clicks_per_frame: float, seed: int = 0) -> list[tuple[float, float]]:
+    """The click robot of Sec. 4.3: a random object click and a random background click on a
+    random frame to start, then each new click on a random wrongly labelled pixel of the whole
+    video, labelled from the ground truth. Returns [(clicks per frame, mean J over frames)]."""
+    gt = np.stack([seq.masks[t] for t in range(len(seq.masks))]) > 0
+    n = len(gt)
+    rng = np.random.default_rng(seed)
+    session = _open(seq, head, device)
+    with_object = np.flatnonzero(gt.reshape(n, -1).any(1))
+    t0 = int(rng.choice(with_object))
+    for label, region in ((1, gt[t0]), (0, ~gt[t0])):
+        session.add_prompts(Prompts().add_point(t0, *_random_pixel(region, rng), label))
+    curve = []
+    clicks = 2
+    while True:
+        labels = drive(session.predict_all(online_adaptation=False), quiet=True) > 0
+        curve.append((clicks / n, float(np.mean([db_eval_iou(gt[t], labels[t]) for t in range(n)]))))
+        wrong = labels != gt
+        if clicks / n >= max_clicks_per_frame or not wrong.any():
+            return curve
+        flat = np.flatnonzero(wrong)
+        t, y, x = np.unravel_index(flat[rng.integers(len(flat))], wrong.shape)
+        session.add_prompts(Prompts().add_point(int(t), int(y), int(x), int(gt[t, y, x])))
+        clicks += 1
+
+
+def clicks(data: Path, names: list[str] | None, device: str, max_clicks_per_frame: float, out_dir: Path,
+           docs: Path, plot: Path) -> dict:
+    """Write the J-versus-clicks-per-frame curves (JSON, PNG, Markdown)."""
+    from . import machine, write_report
+
+    names = held_out(data, names)
+    measured_on = machine()
+    grid = np.round(np.arange(0.05, max_clicks_per_frame + 1e-9, 0.05), 2)
+    results = {}
+    for variant, head in CLICK_VARIANTS.items():
+        per_seq = {}
+        for name in names:
+            per_seq[name] = click_curve(read_sequence(data / name), head, device, max_clicks_per_frame)
+            print(f"{variant} {name}: J {per_seq[name][-1][1]:.3f} at {per_seq[name][-1][0]:.2f} clicks/frame",
+                  file=sys.stderr)
+        mean_curve = [float(np.mean([np.interp(g, *zip(*c)) for c in per_seq.values()])) for g in grid]
+        results[variant] = {"per_sequence": per_seq, "grid": grid.tolist(), "mean_J": mean_curve}
+        _plot_curves(results, plot)
+        payload = {"benchmark": "clicks", "data": str(data), "sequences": names, "device": device,
+                   "machine": measured_on, "results": results}
+        marks = [m for m in (0.1, 0.2, 0.3, 0.4, 0.6, 1.0) if m <= max_clicks_per_frame + 1e-9]
+        lines = ["## PML, interactive: the click robot (`vosembed benchmark clicks`)", "",
+                 f"Held-out sequences: {', '.join(names)}. Sec. 4.3 of the paper: one object and one background "
+                 "click on a random frame to start, then each click on a random wrongly labelled pixel of the "
+                 f"video, k = 1, no online adaptation. Mean J over frames and sequences. Plot: `{plot.as_posix()}`.",
+                 "", "| embedding | " + " | ".join(f"J @ {m} clicks/frame" for m in marks) + " |",
+                 "|---|" + "---|" * len(marks)]
+        for name, r in results.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{100 * np.interp(m, r['grid'], r['mean_J']):.1f}" for m in marks) + " |")
+        write_report("clicks", payload, "\n".join(lines), out_dir, docs)
+    return results
+
+
+def _plot_curves(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    for variant, r in results.items():
+        ax.plot(r["grid"], r["mean_J"], label=variant)
+    ax.set(xlabel="clicks per frame", ylabel="mean J", ylim=(0, 1), title="PML click robot (held-out DAVIS)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

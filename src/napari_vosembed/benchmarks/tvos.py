@@ -1,0 +1,168 @@
+"""`vosembed benchmark tvos`: TVOS accuracy, propagation speed (fast path and dense reference) and memory.
+
+J&F on the sequences our split holds out of training (`training.common.davis_split`), from the mask
+of frame 0, with the trained head and with the raw backbone features (the paper's transfer
+rows); and on a Cell Tracking Challenge sequence with every cell of frame 0 as an object. Times
+exclude the backbone (embeddings are cached first): "propagation" is Eq. 6-7 for one frame,
+"per frame" adds the head and the upsampling. The dense reference runs on the same inputs in the
+same process, which gives the speed-up and the agreement of the two paths.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import read_sequence
+from ..methods.tvos import TVOSSession, propagate, propagate_dense
+from ..metrics import evaluate_sequence, summarize
+from ..progress import drive
+from .pml import held_out
+
+VARIANTS = {"trained head": "default", "raw ISNet features": None}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def segment_sequence(seq, head, device: str) -> tuple[TVOSSession, np.ndarray, float]:
+    """Propagate the mask of frame 0 through `seq`; returns the session, the labels and the
+    seconds per propagated frame (embeddings cached beforehand, so no backbone time)."""
+    session = drive(TVOSSession.open(seq.video, head, device), quiet=True)
+    gt0 = seq.masks[0]
+    start = time.perf_counter()
+    labels = drive(session.run({0: gt0}), quiet=True)
+    _sync(device)
+    return session, labels, (time.perf_counter() - start) / (len(labels) - 1)
+
+
+def fast_vs_dense(session: TVOSSession, frames: list[int], device: str) -> dict:
+    """Time Eq. 6-7 for `frames` (after a finished `run`) with both paths on the same inputs, on
+    `device`, and compare their label distributions."""
+    fast_s, dense_s, worst, agree = [], [], 0.0, []
+    for t in frames:
+        refs = session.references(t, t, 1, [0])
+        keys = torch.stack([session.frame_embedding(r) for r, _ in refs]).to(device)
+        labels = torch.stack([session.labels[r] for r, _ in refs]).to(device)
+        args = (session.frame_embedding(t).to(device), keys, labels, torch.tensor([s for _, s in refs]),
+                session.grid, session.scale)
+        results = []
+        for fn, times in ((propagate, fast_s), (propagate_dense, dense_s)):
+            with torch.inference_mode():
+                _sync(device)
+                start = time.perf_counter()
+                results.append(fn(*args))
+                _sync(device)
+                times.append(time.perf_counter() - start)
+        a, b = results
+        worst = max(worst, float((a - b).abs().max()))
+        agree.append(float((a.argmax(1) == b.argmax(1)).float().mean()))
+    fast, dense = statistics.median(fast_s), statistics.median(dense_s)
+    return {"frames": frames, "fast_s": fast, "dense_s": dense, "speedup": dense / fast,
+            "max_probability_difference": worst, "argmax_agreement_min": min(agree),
+            "argmax_agreement_mean": float(np.mean(agree))}
+
+
+def cells_of_frame0(seq) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Ground truth restricted to the objects of frame 0, and as cells versus background."""
+    gt = [seq.masks[t] for t in range(len(seq.masks))]
+    ids = np.unique(gt[0])
+    return [np.where(np.isin(m, ids), m, 0) for m in gt], [(m > 0).astype(np.uint8) for m in gt]
+
+
+def run(data: Path, names: list[str] | None, cells: Path | None, device: str, threads: int, dense_frames: int,
+        out_dir: Path, docs: Path) -> dict:
+    """Write `<out_dir>/tvos.json` and the "tvos" section of `docs`."""
+    from . import machine, peak_rss_mib, write_report
+
+    torch.set_num_threads(threads)
+    load_start = os.getloadavg()
+    names = held_out(data, names)
+    results, timing = {}, {}
+    for variant, head in VARIANTS.items():
+        scores, per_frame = {}, []
+        for name in names:
+            seq = read_sequence(data / name)
+            session, labels, seconds = segment_sequence(seq, head, device)
+            per_frame.append(seconds)
+            scores[name] = evaluate_sequence(list(labels), [seq.masks[t] for t in range(len(seq.masks))])
+            print(f"{variant} {name}: J&F {summarize({name: scores[name]})['global']['J&F-Mean']:.3f}, "
+                  f"{seconds:.3f} s/frame", file=sys.stderr)
+            if head is not None and name == names[-1]:
+                rss_fast = peak_rss_mib()
+                frames = list(range(len(labels) - dense_frames, len(labels)))
+                timing = fast_vs_dense(session, frames, device)
+                if torch.cuda.is_available() and not device.startswith("cuda"):
+                    timing["cuda"] = fast_vs_dense(session, frames, "cuda")
+        results[variant] = {"report": summarize(scores), "s_per_frame_median": statistics.median(per_frame)}
+
+    cell_result = None
+    if cells is not None:
+        seq = read_sequence(cells)
+        session, labels, seconds = segment_sequence(seq, "default", device)
+        gt0, foreground = cells_of_frame0(seq)
+        cell_result = {"name": seq.name, "objects_frame0": int(len(np.unique(gt0[0])) - 1),
+                       "objects of frame 0": summarize({seq.name: evaluate_sequence(list(labels), gt0)})["global"],
+                       "cells vs background": summarize({seq.name: evaluate_sequence(
+                           list((labels > 0).astype(np.uint8)), foreground)})["global"],
+                       "s_per_frame": seconds, "grid": list(session.grid)}
+        print(f"cells {seq.name}: J&F {cell_result['objects of frame 0']['J&F-Mean']:.3f}", file=sys.stderr)
+
+    payload = {"benchmark": "tvos", "data": str(data), "sequences": names, "cells": str(cells) if cells else None,
+               "device": device, "threads": threads, "machine": machine(), "load_average_start": load_start,
+               "load_average": os.getloadavg(),
+               "results": results,
+               "fast_vs_dense": timing, "cell_tracking": cell_result, "peak_rss_mib_fast": rss_fast,
+               "peak_rss_mib": peak_rss_mib()}
+    write_report("tvos", payload, _markdown(payload), out_dir, docs)
+    return payload
+
+
+def _markdown(p: dict) -> str:
+    t = p["fast_vs_dense"]
+    lines = ["## TVOS, transductive propagation (`vosembed benchmark tvos`)", "",
+             f"Held-out sequences: {', '.join(p['sequences'])}. Mask of frame 0, 9 reference frames of the "
+             "last 40 (4 recent, sigma 8; 5 distant, sigma 21) plus the annotated frame, guided-filter "
+             f"upsampling; DAVIS protocol (first and last frames excluded). Device `{p['device']}`, {p['threads']} "
+             "torch threads; times exclude the backbone (embeddings cached). Per frame: head, propagation and "
+             f"upsampling. Peak RSS {p['peak_rss_mib_fast']:.0f} MiB before the dense reference runs "
+             f"({p['peak_rss_mib']:.0f} MiB at the end, after it and the raw features). 1-minute load average "
+             f"{p['load_average_start'][0]:.1f} at the start, {p['load_average'][0]:.1f} at the end, on "
+             f"{p['machine']['cores']} cores.", "",
+             "| embedding | J&F | J mean | J recall | F mean | F recall | s / frame |", "|---|---|---|---|---|---|---|"]
+    for variant, r in p["results"].items():
+        g = r["report"]["global"]
+        lines.append(f"| {variant} | {100 * g['J&F-Mean']:.1f} | {100 * g['J-Mean']:.1f} | {100 * g['J-Recall']:.1f} "
+                     f"| {100 * g['F-Mean']:.1f} | {100 * g['F-Recall']:.1f} | {r['s_per_frame_median']:.3f} |")
+    lines += ["", "Per sequence (J&F, trained head / raw features):", ""]
+    for name in p["sequences"]:
+        lines.append(f"- {name}: " + " / ".join(
+            f"{100 * r['report']['sequences'][name]['J&F-Mean']:.1f}" for r in p["results"].values()))
+    lines += ["", f"Propagation (Eq. 6-7) of one 480p frame ({p['sequences'][-1]}, frames {t['frames'][0]}-"
+              f"{t['frames'][-1]}, trained head, median): fast path {t['fast_s']:.3f} s, dense affinity "
+              f"{t['dense_s']:.3f} s ({t['speedup']:.0f}x). Same inputs to both: max label-probability "
+              f"difference {t['max_probability_difference']:.3f}, identical argmax on "
+              f"{100 * t['argmax_agreement_min']:.2f} % of the cells (worst frame), "
+              f"{100 * t['argmax_agreement_mean']:.3f} % on average."]
+    if "cuda" in t:
+        g = t["cuda"]
+        lines.append(f"On the GPU ({p['machine'].get('gpu')}): fast path {g['fast_s']:.4f} s, dense {g['dense_s']:.4f} s "
+                     f"({g['speedup']:.0f}x), identical argmax on {100 * g['argmax_agreement_min']:.2f} % of the cells.")
+    c = p["cell_tracking"]
+    if c:
+        f0, fg = c["objects of frame 0"], c["cells vs background"]
+        lines += ["", f"Cell Tracking Challenge {c['name']} ({p['cells']}, grid {c['grid'][0]} x {c['grid'][1]}): "
+                  f"the {c['objects_frame0']} cells of frame 0 propagated together, trained head, "
+                  f"{c['s_per_frame']:.3f} s / frame. J&F {100 * f0['J&F-Mean']:.1f} (J {100 * f0['J-Mean']:.1f}, "
+                  f"F {100 * f0['F-Mean']:.1f}) per cell of frame 0, each against its own id (a cell that "
+                  f"divides ends its id in the ground truth); cells versus background J&F "
+                  f"{100 * fg['J&F-Mean']:.1f} (J {100 * fg['J-Mean']:.1f})."]
+    return "\n".join(lines)
