@@ -105,3 +105,35 @@ def test_segment_pml_from_clicks(sample_seq, tmp_path):
                  "--points", str(clicks), "--param", "head=none", "--out", str(out)]) == 0
     labels = read_label_image(out / "00010.png")
     assert labels[y, x] == 1 and labels[10, 10] == 0
+
+
+def test_segment_tvos_end_to_end_on_the_sample_clip(sample_seq, tmp_path):
+    from napari_vosembed.engine.fetch import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+    out = tmp_path / "pred"
+    assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "tvos", "--device", "cpu",
+                 "--mask", f"0={sample_seq}/masks/00000.png", "--out", str(out)]) == 0
+    assert main(["evaluate", str(out), str(sample_seq), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["global"]["J&F-Mean"] > 0.65
+
+
+def test_benchmark_tvos_writes_its_json_and_its_section(sample_seq, tmp_path):
+    """The whole `vosembed benchmark tvos` on a root holding the sample clip (a second copy of it
+    stands in for the Cell Tracking Challenge sequence)."""
+    from napari_vosembed.engine.fetch import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "horse").symlink_to(sample_seq, target_is_directory=True)
+    docs = tmp_path / "benchmarks.md"
+    assert main(["--quiet", "benchmark", "tvos", str(root), "--sequences", "horse", "--cells", str(sample_seq),
+                 "--dense-frames", "2", "--threads", "1", "--out", str(tmp_path / "out"), "--docs", str(docs)]) == 0
+    payload = json.loads((tmp_path / "out" / "tvos.json").read_text())
+    assert set(payload["results"]) == {"trained head", "raw ISNet features"}
+    assert payload["results"]["trained head"]["report"]["global"]["J&F-Mean"] > 0.65
+    assert payload["fast_vs_dense"]["argmax_agreement_min"] > 0.99
+    assert "<!-- tvos:start -->" in docs.read_text() and "| trained head |" in docs.read_text()
