@@ -137,3 +137,25 @@ def test_benchmark_tvos_writes_its_json_and_its_section(sample_seq, tmp_path):
     assert payload["results"]["trained head"]["report"]["global"]["J&F-Mean"] > 0.65
     assert payload["fast_vs_dense"]["argmax_agreement_min"] > 0.99
     assert "<!-- tvos:start -->" in docs.read_text() and "| trained head |" in docs.read_text()
+
+
+@pytest.mark.parametrize("head", ["pml", "tvos"])
+def test_train_writes_a_head_that_loads_with_its_record(sample_seq, tmp_path, head):
+    from napari_vosembed.engine.fetch import default_model_path
+    from napari_vosembed.methods.pml import PMLHead
+    from napari_vosembed.methods.tvos import TVOSHead
+
+    if not default_model_path().exists():
+        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("a-held-out", "b-train"):  # our split holds out every fourth sequence, from the first
+        (root / name).symlink_to(sample_seq, target_is_directory=True)
+    out = tmp_path / f"{head}.pt"
+    assert main(["--quiet", "train", head, "--data", str(root), "--steps", "2", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    model, settings = {"pml": PMLHead, "tvos": TVOSHead}[head].load(out)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["train_sequences"] == ["b-train"] and record["held_out_sequences"] == ["a-held-out"]
+    assert record["command"].startswith(f"vosembed --quiet train {head} --data ") and len(record["loss_history"]) == 1
+    assert settings.scale is None and not any(p.requires_grad for p in model.parameters())

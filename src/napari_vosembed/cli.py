@@ -217,30 +217,47 @@ def cmd_benchmark_tvos(args) -> int:
     return 0
 
 
+def _train(args, module, config, name: str) -> int:
+    """Run `module.run` (a training generator) with a progress bar; say where the head went."""
+    command = "vosembed " + " ".join(args.argv)
+    out = drive(module.run(Path(args.data), Path(args.out), config, args.device, command,
+                           Path(args.plot) if args.plot else None), args.quiet)
+    print(f"{name} head saved to {out} (training record: {out.with_suffix('.json')})")
+    return 0
+
+
 def cmd_train_pml(args) -> int:
     from .engine.cache import EmbeddingSettings
     from .training import pml
 
-    config = pml.TrainConfig(steps=args.steps, batch=args.batch, margin=args.margin, loss=args.loss, lr=args.lr,
-                             seed=args.seed, settings=EmbeddingSettings(scale=args.scale))
-    command = "vosembed " + " ".join(sys.argv[1:])
-    out = drive(pml.run(Path(args.data), Path(args.out), config, args.device, command,
-                        Path(args.plot) if args.plot else None), args.quiet)
-    print(f"PML head saved to {out} (training record: {out.with_suffix('.json')})")
-    return 0
+    return _train(args, pml, pml.TrainConfig(steps=args.steps, batch=args.batch, margin=args.margin, loss=args.loss,
+                                             lr=args.lr, seed=args.seed, settings=EmbeddingSettings(scale=args.scale)),
+                  "PML")
 
 
 def cmd_train_tvos(args) -> int:
     from .engine.cache import EmbeddingSettings
     from .training import tvos
 
-    config = tvos.TrainConfig(steps=args.steps, clips=args.clips, crops=args.crops, crop=args.crop, lr=args.lr,
-                              seed=args.seed, settings=EmbeddingSettings(scale=args.scale))
-    command = "vosembed " + " ".join(sys.argv[1:])
-    out = drive(tvos.run(Path(args.data), Path(args.out), config, args.device, command,
-                         Path(args.plot) if args.plot else None), args.quiet)
-    print(f"TVOS head saved to {out} (training record: {out.with_suffix('.json')})")
-    return 0
+    return _train(args, tvos, tvos.TrainConfig(steps=args.steps, clips=args.clips, crops=args.crops, crop=args.crop,
+                                               lr=args.lr, seed=args.seed, settings=EmbeddingSettings(scale=args.scale)),
+                  "TVOS")
+
+
+def _train_parser(train, name: str, summary: str, description: str, steps: int):
+    """The sub-command `train NAME` with the options every head's training takes."""
+    t = train.add_parser(name, help=summary, description=description + " Every fourth sequence (alphabetical) is held "
+                         "out, the rest train. Embeddings are cached first.")
+    t.add_argument("--data", required=True, help="root of training sequences (SEQ/frames + SEQ/masks)")
+    t.add_argument("--out", default=f"src/napari_vosembed/models/{name}_head.pt", help="where the head is written")
+    t.add_argument("--plot", help="PNG of the loss curve")
+    t.add_argument("--steps", type=int, default=steps)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--scale", type=float, default=None,
+                   help="frame scale of the backbone embeddings (default: about 0.1 megapixel, 0.5 for 480p)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return t
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,44 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the heads we ship")
     train = p.add_subparsers(dest="head", required=True)
-    t = train.add_parser("pml", help="the PML embedding head (triplet loss of Chen et al. 2018, Eq. 1)",
-                         description="Train the PML head on DAVIS-style sequence folders (SEQ/frames + SEQ/masks): "
-                         "every fourth sequence is held out, the rest train. Embeddings are cached first.")
-    t.add_argument("--data", required=True, help="root of training sequences")
-    t.add_argument("--out", default="src/napari_vosembed/models/pml_head.pt", help="where the head is written")
-    t.add_argument("--plot", help="PNG of the loss curve")
-    t.add_argument("--steps", type=int, default=800)
+    t = _train_parser(train, "pml", "the PML embedding head (triplet loss of Chen et al. 2018, Eq. 1)",
+                      "Train the PML head on DAVIS-style sequence folders.", steps=800)
     t.add_argument("--batch", type=int, default=4, help="triplets (three frames each) per step")
     t.add_argument("--margin", type=float, default=0.3, help="alpha of Eq. 1")
     t.add_argument("--loss", default="pml", choices=["pml", "triplet", "contrastive"])
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--scale", type=float, default=None,
-                   help="frame scale of the backbone embeddings (default: about 0.1 megapixel, 0.5 for 480p)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.set_defaults(func=cmd_train_pml)
 
-    t = train.add_parser("tvos", help="the TVOS embedding head (propagation cross-entropy of Zhang et al. 2020, Eq. 8)",
-                         description="Train the TVOS head on DAVIS-style sequence folders (SEQ/frames + SEQ/masks), "
-                         "with our split (every fourth sequence held out). Embeddings are cached first.")
-    t.add_argument("--data", required=True, help="root of training sequences")
-    t.add_argument("--out", default="src/napari_vosembed/models/tvos_head.pt", help="where the head is written")
-    t.add_argument("--plot", help="PNG of the loss curve")
-    t.add_argument("--steps", type=int, default=1500)
+    t = _train_parser(train, "tvos", "the TVOS embedding head (propagation cross-entropy of Zhang et al. 2020, Eq. 8)",
+                      "Train the TVOS head on DAVIS-style sequence folders.", steps=1500)
     t.add_argument("--clips", type=int, default=1, help="target frames (each with 9 reference frames) per step")
     t.add_argument("--crops", type=int, default=4, help="crops of each target frame")
     t.add_argument("--crop", type=int, default=32, help="crop side in grid cells")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--scale", type=float, default=None,
-                   help="frame scale of the backbone embeddings (default: about 0.1 megapixel, 0.5 for 480p)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.set_defaults(func=cmd_train_tvos)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded with what it makes (the training record's command)
     try:
         return args.func(args)
     except VosEmbedError as err:
