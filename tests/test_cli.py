@@ -120,8 +120,8 @@ def test_segment_tvos_end_to_end_on_the_sample_clip(sample_seq, tmp_path):
 
 
 def test_benchmark_tvos_writes_its_json_and_its_section(sample_seq, tmp_path):
-    """The whole `vosembed benchmark tvos` on a root holding the sample clip (a second copy of it
-    stands in for the Cell Tracking Challenge sequence)."""
+    """The whole `vosembed benchmark tvos` on a root holding the sample clip (the clip also stands
+    in for the Cell Tracking Challenge sequence)."""
     from napari_vosembed.engine.fetch import default_model_path
 
     if not default_model_path().exists():
