@@ -9,6 +9,15 @@ from napari_vosembed.io import write_png_labels
 from napari_vosembed.sample import write_sample_sequence
 
 
+@pytest.fixture
+def backbone():
+    """Skips the test where the ISNet backbone is not in the model cache (`vosembed fetch-models`)."""
+    from napari_vosembed.engine.fetch import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+
+
 @pytest.fixture(scope="module")
 def sample_seq(tmp_path_factory):
     return write_sample_sequence(tmp_path_factory.mktemp("sample"))
@@ -75,11 +84,7 @@ def test_demo_says_plainly_when_no_method_is_installed(monkeypatch, tmp_path, ca
     assert not any(tmp_path.iterdir())
 
 
-def test_segment_pml_end_to_end_on_the_sample_clip(sample_seq, tmp_path):
-    from napari_vosembed.engine.fetch import default_model_path
-
-    if not default_model_path().exists():
-        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+def test_segment_pml_end_to_end_on_the_sample_clip(backbone, sample_seq, tmp_path):
     out = tmp_path / "pred"
     assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "pml", "--device", "cpu",
                  "--mask", f"0={sample_seq}/masks/00000.png", "--out", str(out)]) == 0
@@ -88,12 +93,9 @@ def test_segment_pml_end_to_end_on_the_sample_clip(sample_seq, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["global"]["J&F-Mean"] > 0.65
 
 
-def test_segment_pml_from_clicks(sample_seq, tmp_path):
-    from napari_vosembed.engine.fetch import default_model_path
+def test_segment_pml_from_clicks(backbone, sample_seq, tmp_path):
     from napari_vosembed.io import read_label_image, read_sequence
 
-    if not default_model_path().exists():
-        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
     gt = read_sequence(sample_seq).masks[10]
     ys, xs = np.nonzero(gt)
     y, x = int(np.median(ys)), int(xs[np.argmin(np.abs(ys - np.median(ys)))]) + 3
@@ -107,11 +109,7 @@ def test_segment_pml_from_clicks(sample_seq, tmp_path):
     assert labels[y, x] == 1 and labels[10, 10] == 0
 
 
-def test_segment_tvos_end_to_end_on_the_sample_clip(sample_seq, tmp_path):
-    from napari_vosembed.engine.fetch import default_model_path
-
-    if not default_model_path().exists():
-        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+def test_segment_tvos_end_to_end_on_the_sample_clip(backbone, sample_seq, tmp_path):
     out = tmp_path / "pred"
     assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "tvos", "--device", "cpu",
                  "--mask", f"0={sample_seq}/masks/00000.png", "--out", str(out)]) == 0
@@ -119,13 +117,9 @@ def test_segment_tvos_end_to_end_on_the_sample_clip(sample_seq, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["global"]["J&F-Mean"] > 0.65
 
 
-def test_benchmark_tvos_writes_its_json_and_its_section(sample_seq, tmp_path):
+def test_benchmark_tvos_writes_its_json_and_its_section(backbone, sample_seq, tmp_path):
     """The whole `vosembed benchmark tvos` on a root holding the sample clip (the clip also stands
     in for the Cell Tracking Challenge sequence)."""
-    from napari_vosembed.engine.fetch import default_model_path
-
-    if not default_model_path().exists():
-        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
     root = tmp_path / "data"
     root.mkdir()
     (root / "horse").symlink_to(sample_seq, target_is_directory=True)
@@ -140,13 +134,10 @@ def test_benchmark_tvos_writes_its_json_and_its_section(sample_seq, tmp_path):
 
 
 @pytest.mark.parametrize("head", ["pml", "tvos"])
-def test_train_writes_a_head_that_loads_with_its_record(sample_seq, tmp_path, head):
-    from napari_vosembed.engine.fetch import default_model_path
+def test_train_writes_a_head_that_loads_with_its_record(backbone, sample_seq, tmp_path, head):
     from napari_vosembed.methods.pml import PMLHead
     from napari_vosembed.methods.tvos import TVOSHead
 
-    if not default_model_path().exists():
-        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
     root = tmp_path / "data"
     root.mkdir()
     for name in ("a-held-out", "b-train"):  # our split holds out every fourth sequence, from the first

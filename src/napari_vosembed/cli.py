@@ -260,6 +260,19 @@ def _train_parser(train, name: str, summary: str, description: str, steps: int):
     return t
 
 
+def _held_out_benchmark(bench, name: str, summary: str, description: str, func):
+    """The sub-command `benchmark NAME` with the options of the benchmarks on our held-out sequences."""
+    b = bench.add_parser(name, help=summary, description=description + " On the sequences of DATA that our split "
+                         "holds out of training, unless --sequences names others.")
+    b.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
+    b.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
+    b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
+    b.set_defaults(func=func)
+    return b
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .methods import available_methods
 
@@ -326,35 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose 'embed' section is replaced")
     b.set_defaults(func=cmd_benchmark_embed)
 
-    for name, helptext, func in (
-        ("pml", "PML J&F with the first mask, retrieval time per frame and per click", cmd_benchmark_pml),
-        ("clicks", "the click robot: J versus clicks per frame (PNG + JSON)", cmd_benchmark_clicks),
-    ):
-        b = bench.add_parser(name, help=helptext, description=helptext + ", on the held-out sequences, with the "
-                             "trained head and with raw backbone features.")
-        b.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
-        b.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
-        b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-        b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-        b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
-        if name == "clicks":
-            b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
-            b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
-        b.set_defaults(func=func)
-    b = bench.add_parser("tvos", help="TVOS J&F, propagation time per frame (fast and dense) and peak RSS",
-                         description="TVOS from the mask of frame 0 on the held-out sequences (trained head and raw "
-                         "backbone features) and on a Cell Tracking Challenge sequence; the fast propagation "
-                         "against the dense affinity on the same inputs, in the same run.")
-    b.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
-    b.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
+    _held_out_benchmark(bench, "pml", "PML J&F with the first mask, retrieval time per frame and per click",
+                        "PML J&F with the first mask, retrieval time per frame and per click, with the trained "
+                        "head and with raw backbone features.", cmd_benchmark_pml)
+    b = _held_out_benchmark(bench, "clicks", "the click robot: J versus clicks per frame (PNG + JSON)",
+                            "The click robot: J versus clicks per frame (PNG + JSON), with the trained head and with "
+                            "raw backbone features.", cmd_benchmark_clicks)
+    b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
+    b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
+    b = _held_out_benchmark(bench, "tvos", "TVOS J&F, propagation time per frame (fast and dense) and peak RSS",
+                            "TVOS from the mask of frame 0 (trained head and raw backbone features) and on a Cell "
+                            "Tracking Challenge sequence; the fast propagation against the dense affinity on the "
+                            "same inputs, in the same run.", cmd_benchmark_tvos)
     b.add_argument("--cells", default="../shared/data/ctc-dic-hela-01",
                    help="a multi-object sequence (every object of frame 0 propagates); '' to skip")
-    b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     b.add_argument("--dense-frames", type=int, default=5, help="frames timed with the dense reference")
-    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
-    b.set_defaults(func=cmd_benchmark_tvos)
 
     p = sub.add_parser("train", help="train the heads we ship")
     train = p.add_subparsers(dest="head", required=True)

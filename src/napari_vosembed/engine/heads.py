@@ -7,6 +7,7 @@ training record `meta`.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelFileError
-from .cache import EmbeddingSettings, Embeddings
+from ..progress import Progress
+from .cache import EmbeddingSettings, Embeddings, embed_video
 
 H = TypeVar("H", bound="Head")
 
@@ -47,6 +49,21 @@ class Head(nn.Module):
         except Exception as err:  # a foreign or damaged file: say which, and what it should be
             raise ModelFileError(f"{path} is not a {cls.kind} file ({type(err).__name__}: {err})") from err
         return head.eval().requires_grad_(False), EmbeddingSettings(**{**settings, "levels": tuple(settings["levels"])})
+
+
+def embed_for_head(video, head_class: type[H], default: Path, head: str | Path | None, device: str,
+                   settings: EmbeddingSettings | None = None) -> Generator[Progress, None, tuple]:
+    """What a method's session starts from: `(video, head, embeddings)`. `head` is None (raw
+    features, embedded with `settings`), "default" (the file `default`) or a path; a head embeds
+    the video with the settings it was trained on. Yields the embedding progress (cached)."""
+    from ..io import as_video
+
+    video = as_video(video)
+    model = None
+    if head is not None:
+        model, settings = head_class.load(default if head == "default" else Path(head))
+    emb = yield from embed_video(video, settings or EmbeddingSettings(), device=str(device))
+    return video, model, emb
 
 
 def _source_index(out: np.ndarray, size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

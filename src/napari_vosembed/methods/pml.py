@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..engine.heads import Head, project_levels
+from ..engine.cache import EmbeddingSettings, Embeddings
+from ..engine.heads import Head, embed_for_head, project_levels
 from ..engine.refine import refine_frame
 from ..engine.retrieval import ReferencePool
 from ..errors import PromptError
@@ -108,14 +108,7 @@ class PMLSession:
     def open(cls, video, head: str | Path | None = "default", device: str | torch.device = "cpu",
              settings: EmbeddingSettings | None = None, **options) -> Generator[Progress, None, PMLSession]:
         """Embed `video` (cached) and return a session; yields the embedding progress."""
-        from ..io import as_video
-
-        video = as_video(video)
-        model = None
-        if head is not None:
-            model, head_settings = PMLHead.load(DEFAULT_HEAD if head == "default" else Path(head))
-            settings = head_settings
-        emb = yield from embed_video(video, settings or EmbeddingSettings(), device=str(device))
+        video, model, emb = yield from embed_for_head(video, PMLHead, DEFAULT_HEAD, head, str(device), settings)
         return cls(video, emb, model, torch.device(device), **options)
 
     def _embed_all(self) -> np.ndarray:

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..engine.heads import Head, project_levels
+from ..engine.cache import EmbeddingSettings, Embeddings
+from ..engine.heads import Head, embed_for_head, project_levels
 from ..engine.refine import refine_frame
 from ..errors import PromptError
 from ..progress import Progress
@@ -273,13 +273,7 @@ class TVOSSession:
     def open(cls, video, head: str | Path | None = "default", device: str | torch.device = "cpu",
              settings: EmbeddingSettings | None = None, **options) -> Generator[Progress, None, TVOSSession]:
         """Embed `video` (cached) and return a session; yields the embedding progress."""
-        from ..io import as_video
-
-        video = as_video(video)
-        model = None
-        if head is not None:
-            model, settings = TVOSHead.load(DEFAULT_HEAD if head == "default" else Path(head))
-        emb = yield from embed_video(video, settings or EmbeddingSettings(), device=str(device))
+        video, model, emb = yield from embed_for_head(video, TVOSHead, DEFAULT_HEAD, head, str(device), settings)
         return cls(video, emb, model, torch.device(device), **options)
 
     def frame_embedding(self, t: int) -> torch.Tensor:

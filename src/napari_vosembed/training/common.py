@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,18 @@ def davis_split(names: list[str]) -> tuple[list[str], list[str]]:
     names = sorted(names)
     held_out = names[::4]
     return [n for n in names if n not in held_out], held_out
+
+
+@dataclass
+class TrainConfig:
+    """What every head's training takes; each method's config adds its own fields and defaults."""
+
+    steps: int = 1000
+    dim: int = 128
+    hidden: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    settings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
 
 
 @dataclass
@@ -69,7 +81,7 @@ def fit(optimiser: torch.optim.Optimizer, steps: int, step_loss: Callable[[], to
     return history
 
 
-def run(data: Path, out: Path, config, train: Callable, device: str, command: str, plot: Path | None,
+def run(data: Path, out: Path, config: TrainConfig, train: Callable, device: str, command: str, plot: Path | None,
         title: str) -> Generator[Progress, None, Path]:
     """Train with `train(videos, config)` (a generator returning the head and its loss history) on
     our split of `data`; save the head to `out` and its training record beside it (.json)."""

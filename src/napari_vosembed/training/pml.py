@@ -10,13 +10,12 @@ frames' pixels.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..engine.cache import EmbeddingSettings
 from ..methods.pml import PMLHead, grid_coords
 from ..progress import Progress
 from . import common
@@ -25,18 +24,13 @@ from .losses import LOSSES
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(common.TrainConfig):
     steps: int = 800
     batch: int = 4
     anchors: int = 256
     pool: int = 2048
     margin: float = 0.3
     loss: str = "pml"
-    lr: float = 1e-3
-    dim: int = 128
-    hidden: int = 256
-    seed: int = 0
-    settings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
 
 
 def _cell_inputs(video: TrainingVideo, t: int, cells: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,14 +13,13 @@ ground-truth gridding are those of `training.common`.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.cache import EmbeddingSettings
 from ..methods.tvos import TVOSHead, propagation_logits, sample_references
 from ..progress import Progress
 from . import common
@@ -28,18 +27,15 @@ from .common import TrainingVideo, fit
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(common.TrainConfig):
     steps: int = 1500
+    dim: int = 32
+    hidden: int = 128
     clips: int = 1
     crops: int = 4
     crop: int = 32
     targets: int = 256
-    dim: int = 32
-    hidden: int = 128
     temperature: float = 0.1
-    lr: float = 1e-3
-    seed: int = 0
-    settings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
 
 
 def sample_clip(video: TrainingVideo, n_crops: int, crop: int, rng: np.random.Generator
