@@ -120,6 +120,8 @@ def test_segment_tvos_end_to_end_on_the_sample_clip(backbone, sample_seq, tmp_pa
 def test_benchmark_tvos_writes_its_json_and_its_section(backbone, sample_seq, tmp_path):
     """The whole `vosembed benchmark tvos` on a root holding the sample clip (the clip also stands
     in for the Cell Tracking Challenge sequence)."""
+    from napari_vosembed.benchmarks.tvos import VARIANTS
+
     root = tmp_path / "data"
     root.mkdir()
     (root / "horse").symlink_to(sample_seq, target_is_directory=True)
@@ -127,10 +129,13 @@ def test_benchmark_tvos_writes_its_json_and_its_section(backbone, sample_seq, tm
     assert main(["--quiet", "benchmark", "tvos", str(root), "--sequences", "horse", "--cells", str(sample_seq),
                  "--dense-frames", "2", "--threads", "1", "--out", str(tmp_path / "out"), "--docs", str(docs)]) == 0
     payload = json.loads((tmp_path / "out" / "tvos.json").read_text())
-    assert set(payload["results"]) == {"trained head", "raw ISNet features"}
-    assert payload["results"]["trained head"]["report"]["global"]["J&F-Mean"] > 0.65
+    results = payload["results"]
+    assert list(results) == list(VARIANTS)
+    assert results["trained head, global matching"]["report"]["global"]["J&F-Mean"] > 0.65
+    assert results["trained head, global matching"]["matched_share"] > 0
+    assert results["trained head, propagation only (the paper)"]["matched_share"] == 0
     assert payload["fast_vs_dense"]["argmax_agreement_min"] > 0.99
-    assert "<!-- tvos:start -->" in docs.read_text() and "| trained head |" in docs.read_text()
+    assert "<!-- tvos:start -->" in docs.read_text() and "| trained head, global matching |" in docs.read_text()
 
 
 @pytest.mark.parametrize("head", ["pml", "tvos"])

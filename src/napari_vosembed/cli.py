@@ -348,9 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
     b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
     b = _held_out_benchmark(bench, "tvos", "TVOS J&F, propagation time per frame (fast and dense) and peak RSS",
-                            "TVOS from the mask of frame 0 (trained head and raw backbone features) and on a Cell "
-                            "Tracking Challenge sequence; the fast propagation against the dense affinity on the "
-                            "same inputs, in the same run.", cmd_benchmark_tvos)
+                            "TVOS from the mask of frame 0 (trained head with and without global matching, raw "
+                            "backbone features) and on a Cell Tracking Challenge sequence; the fast propagation "
+                            "against the dense affinity on the same inputs, in the same run.", cmd_benchmark_tvos)
     b.add_argument("--cells", default="../shared/data/ctc-dic-hela-01",
                    help="a multi-object sequence (every object of frame 0 propagates); '' to skip")
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -81,6 +81,17 @@ def test_objects_keep_their_own_labels():
             assert db_eval_iou(masks[t] == obj, labels[t] == obj) > 0.85
 
 
+def test_votes_of_chosen_cells_are_those_of_the_whole_frame(tmp_path):
+    frames, masks = scene(squares=((RED, 4), (GREEN, 56)))
+    s = colour_session(frames, tmp_path)
+    s.add_prompts(Prompts().add_mask(0, masks[0]))
+    whole, values, unanimous = s.frame_scores(3)
+    cells = np.array([0, 7, 50, 51, whole.shape[0] * whole.shape[1] - 1])
+    some, same_values, some_unanimous = s.frame_scores(3, cells=cells)
+    assert some.shape == (len(cells), 3) and list(same_values) == list(values) == [0, 1, 2]
+    assert np.array_equal(some, whole.reshape(-1, 3)[cells]) and np.array_equal(some_unanimous, unanimous[cells])
+
+
 def test_online_adaptation_grows_the_pool_while_propagating():
     frames, masks = scene(n=8)
     s = session(frames)

@@ -7,9 +7,11 @@ import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
-from napari_vosembed.errors import ModelFileError, PromptError
+from napari_vosembed.errors import ModelFileError, PromptError, VosEmbedError
 from napari_vosembed.methods import segment
+from napari_vosembed.methods.pml import PMLSession
 from napari_vosembed.methods.tvos import (
+    GLOBAL_MATCHING,
     SIGMA_DISTANT,
     SIGMA_RECENT,
     TVOSHead,
@@ -49,16 +51,24 @@ def scene(n=8, size=(64, 96), squares=((RED, 12, 20),), side=20, seed=0, texture
     return frames, masks
 
 
-def session(frames, stride=4, **options):
-    """A session on raw embeddings made of each cell's mean colour: propagation in isolation."""
+def colour_embeddings(frames, stride=4) -> Embeddings:
+    """Raw embeddings made of each cell's mean colour."""
     n, height, width = frames.shape[:3]
     cells = np.stack([cv2.resize(f.astype(np.float32) / 255, (width // stride, height // stride),
                                  interpolation=cv2.INTER_AREA) for f in frames])
     features = np.concatenate([cells, np.full((*cells.shape[:3], 1), 0.2, np.float32)], -1).astype(np.float16)
     settings = EmbeddingSettings(backbone="colour", scale=1.0, levels=(stride,), saliency_stride=0)
-    emb = Embeddings(Path("unused"), settings, (height, width), {stride: features}, None, np.ones(n, bool))
+    return Embeddings(Path("unused"), settings, (height, width), {stride: features}, None, np.ones(n, bool))
+
+
+def session(frames, stride=4, global_matching=0.0, **options):
+    """A session on colour embeddings: propagation in isolation (and PML on the same embeddings
+    when `global_matching` > 0)."""
+    video, emb = as_video(frames), colour_embeddings(frames, stride)
+    matcher = PMLSession(video, emb, None, torch.device("cpu")) if global_matching else None
     options.setdefault("temperature", 0.05)
-    return TVOSSession(as_video(frames), emb, None, torch.device("cpu"), **options)
+    return TVOSSession(video, emb, None, torch.device("cpu"), matcher=matcher, global_matching=global_matching,
+                       **options)
 
 
 def test_reference_frames_are_dense_in_the_recent_past_and_sparse_further_back():
@@ -262,3 +272,41 @@ def test_the_benchmark_times_both_paths_on_the_same_inputs():
     timing = fast_vs_dense(s, [4, 5], "cpu")
     assert timing["frames"] == [4, 5] and timing["fast_s"] > 0 and timing["dense_s"] > 0
     assert timing["argmax_agreement_min"] > 0.999 and timing["max_probability_difference"] < 0.2
+
+
+def test_global_matching_blends_the_propagated_labels_with_pml_votes_over_the_annotated_masks():
+    """p_t = (1 - lambda) p_TVOS + lambda p_PML, p_PML the k = 5 vote over the annotated frame's
+    mask, computed for the cells whose label it can change: the labels of blending every cell."""
+    frames, masks = scene(n=6, squares=((RED, 12, 20), (GREEN, 36, 50)))
+    blended, plain = session(frames, global_matching=0.3, temperature=0.13), session(frames, temperature=0.13)
+    labels = drive(blended.run({0: masks[0]}), quiet=True)
+    drive(plain.run({0: masks[0]}), quiet=True)
+    for obj in (1, 2):
+        assert min(db_eval_iou(masks[t] == obj, labels[t] == obj) for t in range(1, 6)) > 0.85
+    assert 0 < blended.match_counts[0] < blended.match_counts[1] == 5 * blended.grid[0] * blended.grid[1]
+    refs = blended.references(5, 5, 1, [0])
+    votes, values, _ = PMLSession(blended.video, blended.embeddings, None, torch.device("cpu")).with_prompts(
+        Prompts().add_mask(0, masks[0])).frame_scores(5, 5)
+    assert list(values) == [0, 1, 2]
+    alone = plain.frame_scores(5, refs, blended.labels)
+    everywhere = 0.7 * alone + 0.3 * torch.from_numpy(votes.reshape(-1, 3))
+    result = blended.frame_scores(5, refs, blended.labels)
+    top = alone.topk(2, dim=1).values
+    uncertain = top[:, 0] - top[:, 1] < 0.3 / 0.7
+    assert uncertain.any() and not uncertain.all()
+    assert torch.allclose(result[uncertain], everywhere[uncertain], atol=1e-6)
+    assert torch.equal(result[~uncertain], alone[~uncertain])
+    assert torch.equal(result.argmax(1), everywhere.argmax(1))
+
+
+def test_the_session_opens_its_pml_matcher_on_the_same_grid():
+    frames, _ = scene(n=3)
+    s = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
+    assert s.global_matching == GLOBAL_MATCHING and s.matcher.grid == s.grid
+    assert drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, global_matching=0),
+                 quiet=True).matcher is None
+    coarse = PMLSession(as_video(frames), colour_embeddings(frames, stride=8), None, torch.device("cpu"))
+    with pytest.raises(VosEmbedError, match=r"PML embeddings \(8x12 cells\) and the TVOS embeddings \(16x24\)"):
+        TVOSSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=coarse)
+    with pytest.raises(ValueError, match=r"global_matching must lie in \[0, 1\]"):
+        session(frames, global_matching=1.5)

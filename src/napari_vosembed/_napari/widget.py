@@ -38,7 +38,8 @@ NEW_OBJECT_KEY = "n"
 #: Methods with an interactive session that follows every click.
 LIVE_METHODS = ("pml",)
 def _param_specs(cls):
-    """(name, type, default, advanced, help) of each field of `cls.Params`."""
+    """(name, type, default, advanced, help, widget options) of each field of `cls.Params`; the
+    options (e.g. min, max, step) come from the field's metadata "widget"."""
     module = sys.modules.get(cls.__module__)
     try:
         hints = typing.get_type_hints(cls.Params, globalns=vars(module) if module else None)
@@ -57,7 +58,8 @@ def _param_specs(cls):
                 default = "none"  # no trained head installed: raw features
         advanced = bool(f.metadata.get("advanced", i >= 2))
         help_text = f.metadata.get("help", "")
-        yield f.name, hints.get(f.name, type(default) if default is not None else str), default, advanced, help_text
+        yield (f.name, hints.get(f.name, type(default) if default is not None else str), default, advanced, help_text,
+               dict(f.metadata.get("widget", {})))
 
 
 def _optional_of(annotation):
@@ -308,8 +310,8 @@ class SegmentWidget(QWidget):
             self._advanced_box.setVisible(False)
             return
         any_advanced = False
-        for name, annotation, default, advanced, help_text in _param_specs(cls):
-            options = {"tooltip": help_text} if help_text else {}
+        for name, annotation, default, advanced, help_text, widget_options in _param_specs(cls):
+            options = {"tooltip": help_text, **widget_options} if help_text else widget_options
             if annotation in (int, float) and name.startswith("k"):
                 options["min"] = 1
             optional = _optional_of(annotation)

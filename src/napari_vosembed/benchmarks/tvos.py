@@ -20,12 +20,15 @@ import numpy as np
 import torch
 
 from ..io import read_sequence
-from ..methods.tvos import TVOSSession, propagate, propagate_dense
+from ..methods.tvos import GLOBAL_MATCHING, TVOSSession, propagate, propagate_dense
 from ..metrics import evaluate_sequence, summarize
 from ..progress import drive
 from .pml import held_out
 
-VARIANTS = {"trained head": "default", "raw ISNet features": None}
+#: name -> (head, global_matching): the default, the paper's propagation alone, the raw features.
+VARIANTS = {"trained head, global matching": ("default", GLOBAL_MATCHING),
+            "trained head, propagation only (the paper)": ("default", 0.0),
+            "raw ISNet features, global matching": (None, GLOBAL_MATCHING)}
 
 
 def _sync(device: str) -> None:
@@ -33,10 +36,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def segment_sequence(seq, head, device: str) -> tuple[TVOSSession, np.ndarray, float]:
+def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MATCHING
+                     ) -> tuple[TVOSSession, np.ndarray, float]:
     """Propagate the mask of frame 0 through `seq`; returns the session, the labels and the
     seconds per propagated frame (embeddings cached beforehand, so no backbone time)."""
-    session = drive(TVOSSession.open(seq.video, head, device), quiet=True)
+    session = drive(TVOSSession.open(seq.video, head, device, global_matching=global_matching), quiet=True)
     gt0 = seq.masks[0]
     start = time.perf_counter()
     labels = drive(session.run({0: gt0}), quiet=True)
@@ -87,22 +91,24 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
     load_start = os.getloadavg()
     names = held_out(data, names)
     results, timing = {}, {}
-    for variant, head in VARIANTS.items():
-        scores, per_frame = {}, []
+    for variant, (head, global_matching) in VARIANTS.items():
+        scores, per_frame, matched = {}, [], np.zeros(2)
         for name in names:
             seq = read_sequence(data / name)
-            session, labels, seconds = segment_sequence(seq, head, device)
+            session, labels, seconds = segment_sequence(seq, head, device, global_matching)
             per_frame.append(seconds)
+            matched += session.match_counts
             scores[name] = evaluate_sequence(list(labels), [seq.masks[t] for t in range(len(seq.masks))])
             print(f"{variant} {name}: J&F {summarize({name: scores[name]})['global']['J&F-Mean']:.3f}, "
                   f"{seconds:.3f} s/frame", file=sys.stderr)
-            if head is not None and name == names[-1]:
+            if head is not None and name == names[-1] and not timing:
                 rss_fast = peak_rss_mib()
                 frames = list(range(len(labels) - dense_frames, len(labels)))
                 timing = fast_vs_dense(session, frames, device)
                 if torch.cuda.is_available() and not device.startswith("cuda"):
                     timing["cuda"] = fast_vs_dense(session, frames, "cuda")
-        results[variant] = {"report": summarize(scores), "s_per_frame_median": statistics.median(per_frame)}
+        results[variant] = {"report": summarize(scores), "s_per_frame_median": statistics.median(per_frame),
+                            "matched_share": matched[0] / max(matched[1], 1)}
 
     cell_result = None
     if cells is not None:
@@ -131,18 +137,22 @@ def _markdown(p: dict) -> str:
     lines = ["## TVOS, transductive propagation (`vosembed benchmark tvos`)", "",
              f"Held-out sequences: {', '.join(p['sequences'])}. Mask of frame 0, 9 reference frames of the "
              "last 40 (4 recent, sigma 8; 5 distant, sigma 21) plus the annotated frame, guided-filter "
-             f"upsampling; DAVIS protocol (first and last frames excluded). Device `{p['device']}`, {p['threads']} "
+             f"upsampling; global matching: the propagated labels blended with PML's k = 5 vote over the "
+             f"annotated mask (lambda = {GLOBAL_MATCHING}) in the cells where it can change the label; DAVIS "
+             f"protocol (first and last frames excluded). Device `{p['device']}`, {p['threads']} "
              "torch threads; times exclude the backbone (embeddings cached). Per frame: head, propagation and "
              f"upsampling. Peak RSS {p['peak_rss_mib_fast']:.0f} MiB before the dense reference runs "
              f"({p['peak_rss_mib']:.0f} MiB at the end, after it and the raw features). 1-minute load average "
              f"{p['load_average_start'][0]:.1f} at the start, {p['load_average'][0]:.1f} at the end, on "
              f"{p['machine']['cores']} cores.", "",
-             "| embedding | J&F | J mean | J recall | F mean | F recall | s / frame |", "|---|---|---|---|---|---|---|"]
+             "| embedding | J&F | J mean | J recall | F mean | F recall | s / frame | cells matched globally |",
+             "|---|---|---|---|---|---|---|---|"]
     for variant, r in p["results"].items():
         g = r["report"]["global"]
         lines.append(f"| {variant} | {100 * g['J&F-Mean']:.1f} | {100 * g['J-Mean']:.1f} | {100 * g['J-Recall']:.1f} "
-                     f"| {100 * g['F-Mean']:.1f} | {100 * g['F-Recall']:.1f} | {r['s_per_frame_median']:.3f} |")
-    lines += ["", "Per sequence (J&F, trained head / raw features):", ""]
+                     f"| {100 * g['F-Mean']:.1f} | {100 * g['F-Recall']:.1f} | {r['s_per_frame_median']:.3f} "
+                     f"| {100 * r['matched_share']:.1f} % |")
+    lines += ["", f"Per sequence (J&F, {' / '.join(p['results'])}):", ""]
     for name in p["sequences"]:
         lines.append(f"- {name}: " + " / ".join(
             f"{100 * r['report']['sequences'][name]['J&F-Mean']:.1f}" for r in p["results"].values()))

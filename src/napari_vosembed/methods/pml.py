@@ -194,10 +194,13 @@ class PMLSession:
         if not (self.pool.label_values > 0).any():
             raise PromptError("the references hold no object: add a positive click or a mask with a label > 0")
 
-    def frame_scores(self, t: int, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Vote fractions `(h, w, L)` for frame t, the label values, and the unanimous cells."""
-        scores, unanimous = self.pool.vote(self.frame_embeddings(t), k or self.k)
-        return scores.reshape(*self.grid, -1), self.pool.label_values, unanimous
+    def frame_scores(self, t: int, k: int | None = None, cells: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vote fractions `(h, w, L)` for frame t, the label values, and the unanimous cells; with
+        `cells` (flat grid indices), the votes of those cells only, `(len(cells), L)`."""
+        queries = self.frame_embeddings(t) if cells is None else self._pixel_embeddings[t, cells].astype(np.float32)
+        scores, unanimous = self.pool.vote(queries, k or self.k)
+        return (scores if cells is not None else scores.reshape(*self.grid, -1)), self.pool.label_values, unanimous
 
     def to_labels(self, t: int, scores: np.ndarray, values: np.ndarray) -> np.ndarray:
         return refine_frame(self.video, t, scores, values, self.stride, self._intensity if self.refine else None)

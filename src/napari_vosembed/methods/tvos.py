@@ -14,7 +14,10 @@ predicted frames are stored as hard labels; the score map is upsampled bilinearl
 argmax (and snapped to the frame's edges by the guided filter PML uses, unless `refine` is off).
 Beyond the paper: `run` starts at the first annotated frame and runs forward, then backward;
 `propagate` runs one way from any annotated frame; any frame can carry a mask, painted or
-retrieved by PML from clicks, boxes or scribbles (`seed_masks`).
+retrieved by PML from clicks, boxes or scribbles (`seed_masks`). Also beyond the paper: the
+propagated distribution is blended with a global matching to the annotated frames, the k-nearest-
+neighbour vote of PML (Chen et al. 2018, Sec. 3.2) over their masks, which does not drift:
+p_t = (1 - lambda) p_TVOS + lambda p_PML (`global_matching` = lambda; 0 is the paper).
 
 `propagate_dense` builds the (HW x 9HW) affinity as written; `propagate` (the default) gives the
 same labels at a fraction of the cost: each 4x4 tile of the target frame keeps only the 4x4
@@ -39,14 +42,17 @@ from torch import nn
 from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.heads import Head, embed_for_head, project_levels
 from ..engine.refine import refine_frame
-from ..errors import PromptError
+from ..errors import PromptError, VosEmbedError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
+from .pml import PMLSession
 
 #: The trained head that ships with the package (model card: docs/tvos.md).
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "tvos_head.pt"
 SIGMA_RECENT, SIGMA_DISTANT = 8.0, 21.0
+#: lambda, the weight of the global matching to the annotated frames, chosen on training sequences (docs/tvos.md).
+GLOBAL_MATCHING = 0.25
 #: Temperature of the raw backbone features (no head), chosen on the training sequences (docs/tvos.md).
 RAW_TEMPERATURE = 0.05
 
@@ -248,12 +254,24 @@ class TVOSSession:
     1 / `temperature`). fast: `propagate` (default) or `propagate_dense`. keep_annotated: every
     annotated frame stays in the reference set (with its mask), besides the 9 sampled frames.
     refine: snap the upsampled labels to the frame's edges (guided filter, as PML), else bilinear
-    upsampling only (the paper).
+    upsampling only (the paper). matcher: a `PMLSession` on the same video and grid, which matches
+    every frame to the annotated frames with weight `global_matching` (lambda; 0: the paper).
     """
 
     def __init__(self, video, embeddings: Embeddings, head: TVOSHead | None, device: torch.device,
                  temperature: float | None = None, fast: bool = True, keep_annotated: bool = True,
-                 refine: bool = True):
+                 refine: bool = True, matcher: PMLSession | None = None, global_matching: float = GLOBAL_MATCHING):
+        if matcher is not None and matcher.grid != embeddings.grid_shape:
+            raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
+                                f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
+                                "differ: use heads trained with the same settings, or global_matching=0")
+        if not 0 <= global_matching <= 1:
+            raise ValueError(f"global_matching must lie in [0, 1], not {global_matching}")
+        self.matcher = matcher if global_matching > 0 else None
+        self.global_matching = global_matching
+        self._global: PMLSession | None = None
+        #: [cells matched globally, cells propagated] so far
+        self.match_counts = [0, 0]
         self.video = video
         self.embeddings = embeddings
         self.device = torch.device(device)
@@ -271,10 +289,17 @@ class TVOSSession:
 
     @classmethod
     def open(cls, video, head: str | Path | None = "default", device: str | torch.device = "cpu",
-             settings: EmbeddingSettings | None = None, **options) -> Generator[Progress, None, TVOSSession]:
-        """Embed `video` (cached) and return a session; yields the embedding progress."""
+             settings: EmbeddingSettings | None = None, global_matching: float = GLOBAL_MATCHING,
+             **options) -> Generator[Progress, None, TVOSSession]:
+        """Embed `video` (cached) and return a session; yields the embedding progress. With
+        `global_matching` > 0 the session gets its PML matcher: the shipped PML head with the
+        shipped TVOS head, raw features with raw features (`head` None)."""
         video, model, emb = yield from embed_for_head(video, TVOSHead, DEFAULT_HEAD, head, str(device), settings)
-        return cls(video, emb, model, torch.device(device), **options)
+        matcher = None
+        if global_matching > 0:
+            matcher = yield from PMLSession.open(video, None if head is None else "default", device, emb.settings)
+        return cls(video, emb, model, torch.device(device), matcher=matcher, global_matching=global_matching,
+                   **options)
 
     def frame_embedding(self, t: int) -> torch.Tensor:
         """(h*w, d) L2-normalised embedding of frame t (the last 64 used are kept)."""
@@ -299,7 +324,27 @@ class TVOSSession:
         sigmas = torch.tensor([s for _, s in refs])
         fn = propagate if self.fast else propagate_dense
         with torch.inference_mode():
-            return fn(self.frame_embedding(t), keys, ref_labels, sigmas, self.grid, self.scale)
+            scores = fn(self.frame_embedding(t), keys, ref_labels, sigmas, self.grid, self.scale)
+        return scores if self._global is None else self._match_globally(t, scores)
+
+    def _match_globally(self, t: int, scores: torch.Tensor) -> torch.Tensor:
+        """Blend the propagated distribution of frame t with PML's vote over the annotated masks:
+        (1 - lambda) p_TVOS + lambda p_PML. Only where the vote can change the label: a cell whose
+        best label leads every other by lambda / (1 - lambda) or more keeps it whatever the vote,
+        so it keeps p_TVOS and costs no retrieval (the same grid labels as blending every cell)."""
+        lam = self.global_matching
+        top = scores.topk(2, dim=1).values
+        cells = torch.nonzero(top[:, 0] - top[:, 1] < (lam / (1 - lam) if lam < 1 else math.inf))[:, 0]
+        self.match_counts[0] += len(cells)
+        self.match_counts[1] += len(scores)
+        if len(cells) == 0:
+            return scores
+        votes, values, _ = self._global.frame_scores(t, self._global.k_mask, cells.cpu().numpy())
+        matched = torch.zeros(len(cells), scores.shape[1], dtype=scores.dtype, device=scores.device)
+        matched[:, np.searchsorted(self.values, values)] = torch.from_numpy(votes).to(scores)
+        out = scores.clone()
+        out[cells] = (1 - lam) * scores[cells] + lam * matched
+        return out
 
     def references(self, t: int, step: int, direction: int, annotated: list[int]) -> list[tuple[int, float]]:
         """Reference frames [(frame, sigma)] of frame t, the `step`-th of a pass in `direction`
@@ -320,6 +365,7 @@ class TVOSSession:
         self.values = values
         self.labels = {t: torch.from_numpy(cell_shares(m, values, self.grid, self.stride)).to(self.device)
                        for t, m in masks.items()}
+        self._global = None if self.matcher is None else self.matcher.with_prompts(Prompts(masks=dict(masks)))
         out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
         for t, m in masks.items():
             out[t] = m
@@ -374,16 +420,17 @@ class TVOSSession:
 
 
 def seed_masks(video, prompts: Prompts, device: str | torch.device, pml_head: str | None = "default",
-               settings: EmbeddingSettings | None = None) -> Generator[Progress, None, dict[int, np.ndarray]]:
+               settings: EmbeddingSettings | None = None, matcher: PMLSession | None = None
+               ) -> Generator[Progress, None, dict[int, np.ndarray]]:
     """The masks TVOS propagates: the painted ones, and on frames with only clicks, boxes or
-    scribbles, the labels PML retrieves there from all the prompts (`PMLSession.predict_frame`)."""
-    from .pml import PMLSession
-
+    scribbles, the labels PML retrieves there from all the prompts (`PMLSession.predict_frame`),
+    through `matcher` when the TVOS session has one, else a PML session opened here."""
     masks = dict(prompts.masks)
     sparse = [t for t in prompts.frames if t not in masks]
     if sparse:
-        session = yield from PMLSession.open(video, pml_head, device, settings=settings)
-        session.add_prompts(prompts)
+        if matcher is None:
+            matcher = yield from PMLSession.open(video, pml_head, device, settings=settings)
+        session = matcher.with_prompts(prompts)
         masks.update((t, session.predict_frame(t)) for t in sparse)
     return masks
 
@@ -412,6 +459,10 @@ class TVOS(Method):
             "advanced": True, "help": "every annotated frame stays a reference frame, however far back"})
         refine: bool = field(default=True, metadata={
             "advanced": True, "help": "snap the borders to image edges (guided filter); off: bilinear upsampling"})
+        global_matching: float = field(default=GLOBAL_MATCHING, metadata={
+            "advanced": True, "widget": {"min": 0.0, "max": 1.0, "step": 0.05}, "help": "weight of the match to the annotated frames (PML retrieval), which keeps "
+                                      "long videos from drifting; 0: propagation only (the paper), better for "
+                                      "many look-alike objects such as cells"})
 
     def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
         p = self.params
@@ -419,9 +470,10 @@ class TVOS(Method):
         if not prompts.frames:
             raise PromptError("TVOS propagates masks: paint a mask, or click the objects, on at least one frame")
         session = yield from TVOSSession.open(video, head, self.device, temperature=p.temperature, fast=p.fast,
-                                              keep_annotated=p.keep_annotated, refine=p.refine)
+                                              keep_annotated=p.keep_annotated, refine=p.refine,
+                                              global_matching=p.global_matching)
         masks = yield from seed_masks(video, prompts, self.device, None if head is None else "default",
-                                      session.embeddings.settings)
+                                      session.embeddings.settings, session.matcher)
         return session, masks
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
