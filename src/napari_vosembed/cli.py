@@ -217,8 +217,13 @@ def cmd_benchmark_tvos(args) -> int:
     return 0
 
 
-def _train(args, module, config, name: str) -> int:
-    """Run `module.run` (a training generator) with a progress bar; say where the head went."""
+def _train(args, module, name: str, **options) -> int:
+    """Train `module.TrainConfig(**options)` plus the options every head takes (`module.run`, a
+    training generator, with a progress bar); say where the head went."""
+    from .engine.cache import EmbeddingSettings
+
+    config = module.TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed,
+                                settings=EmbeddingSettings(scale=args.scale), **options)
     command = "vosembed " + " ".join(args.argv)
     out = drive(module.run(Path(args.data), Path(args.out), config, args.device, command,
                            Path(args.plot) if args.plot else None), args.quiet)
@@ -227,21 +232,15 @@ def _train(args, module, config, name: str) -> int:
 
 
 def cmd_train_pml(args) -> int:
-    from .engine.cache import EmbeddingSettings
     from .training import pml
 
-    return _train(args, pml, pml.TrainConfig(steps=args.steps, batch=args.batch, margin=args.margin, loss=args.loss,
-                                             lr=args.lr, seed=args.seed, settings=EmbeddingSettings(scale=args.scale)),
-                  "PML")
+    return _train(args, pml, "PML", batch=args.batch, margin=args.margin, loss=args.loss)
 
 
 def cmd_train_tvos(args) -> int:
-    from .engine.cache import EmbeddingSettings
     from .training import tvos
 
-    return _train(args, tvos, tvos.TrainConfig(steps=args.steps, clips=args.clips, crops=args.crops, crop=args.crop,
-                                               lr=args.lr, seed=args.seed, settings=EmbeddingSettings(scale=args.scale)),
-                  "TVOS")
+    return _train(args, tvos, "TVOS", clips=args.clips, crops=args.crops, crop=args.crop)
 
 
 def _train_parser(train, name: str, summary: str, description: str, steps: int):

@@ -13,8 +13,8 @@ class PromptError(VosEmbedError, ValueError):
     """User input (points, boxes, masks) is empty, out of the frame or of the wrong shape."""
 
 
-class MethodError(VosEmbedError):
-    """An unknown method, or no method installed."""
+class MethodError(VosEmbedError, ValueError):
+    """An unknown method, no method installed, or a method parameter out of its range."""
 
 
 class ModelFileError(VosEmbedError):

@@ -346,7 +346,8 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     assert np.array_equal(out[FRAME:], forward)  # the frames after the one in view are left alone
     j_backward = clip.J(frames=range(FRAME))
     print(f"TVOS from frame {FRAME}: J forward {j_forward:.3f}, backward {j_backward:.3f}")
-    assert j_forward > 0.4 and j_backward > 0.4  # measured 0.52 / 0.59 on this 120 x 160 clip
+    # measured 0.47 / 0.59 on this 120 x 160 clip (0.52 / 0.59 without global matching)
+    assert j_forward > 0.4 and j_backward > 0.4
     assert clip.errors() == []
 
 

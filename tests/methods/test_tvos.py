@@ -7,7 +7,7 @@ import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
-from napari_vosembed.errors import ModelFileError, PromptError, VosEmbedError
+from napari_vosembed.errors import MethodError, ModelFileError, PromptError, VosEmbedError
 from napari_vosembed.methods import segment
 from napari_vosembed.methods.pml import PMLSession
 from napari_vosembed.methods.tvos import (
@@ -308,5 +308,7 @@ def test_the_session_opens_its_pml_matcher_on_the_same_grid():
     coarse = PMLSession(as_video(frames), colour_embeddings(frames, stride=8), None, torch.device("cpu"))
     with pytest.raises(VosEmbedError, match=r"PML embeddings \(8x12 cells\) and the TVOS embeddings \(16x24\)"):
         TVOSSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=coarse)
-    with pytest.raises(ValueError, match=r"global_matching must lie in \[0, 1\]"):
+    with pytest.raises(MethodError, match=r"global_matching must lie in \[0, 1\], not 1.5"):
         session(frames, global_matching=1.5)
+    with pytest.raises(MethodError, match=r"global_matching must lie in \[0, 1\], not -0.1"):
+        segment(frames, Prompts().add_point(0, 20, 30, 1), method="tvos", device="cpu", global_matching=-0.1)

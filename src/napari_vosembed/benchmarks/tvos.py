@@ -164,8 +164,9 @@ def _markdown(p: dict) -> str:
               f"{100 * t['argmax_agreement_mean']:.3f} % on average."]
     if "cuda" in t:
         g = t["cuda"]
-        lines.append(f"On the GPU ({p['machine'].get('gpu')}): fast path {g['fast_s']:.4f} s, dense {g['dense_s']:.4f} s "
-                     f"({g['speedup']:.0f}x), identical argmax on {100 * g['argmax_agreement_min']:.2f} % of the cells.")
+        lines.append(f"On the GPU ({p['machine'].get('gpu')}): fast path {g['fast_s']:.4f} s, dense "
+                     f"{g['dense_s']:.4f} s ({g['speedup']:.0f}x), identical argmax on "
+                     f"{100 * g['argmax_agreement_min']:.2f} % of the cells.")
     c = p["cell_tracking"]
     if c:
         f0, fg = c["objects of frame 0"], c["cells vs background"]

@@ -42,7 +42,7 @@ from torch import nn
 from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.heads import Head, embed_for_head, project_levels
 from ..engine.refine import refine_frame
-from ..errors import PromptError, VosEmbedError
+from ..errors import MethodError, PromptError, VosEmbedError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
@@ -247,6 +247,12 @@ def propagate(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, sig
     return out[:h, :w].reshape(n, -1)
 
 
+def check_global_matching(value: float) -> None:
+    """lambda is a weight: refuse anything outside [0, 1], naming it."""
+    if not 0 <= value <= 1:
+        raise MethodError(f"global_matching must lie in [0, 1], not {value}")
+
+
 class TVOSSession:
     """Transductive propagation over one video from its embeddings and the masks of some frames.
 
@@ -265,8 +271,7 @@ class TVOSSession:
             raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
                                 f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
                                 "differ: use heads trained with the same settings, or global_matching=0")
-        if not 0 <= global_matching <= 1:
-            raise ValueError(f"global_matching must lie in [0, 1], not {global_matching}")
+        check_global_matching(global_matching)
         self.matcher = matcher if global_matching > 0 else None
         self.global_matching = global_matching
         self._global: PMLSession | None = None
@@ -460,9 +465,12 @@ class TVOS(Method):
         refine: bool = field(default=True, metadata={
             "advanced": True, "help": "snap the borders to image edges (guided filter); off: bilinear upsampling"})
         global_matching: float = field(default=GLOBAL_MATCHING, metadata={
-            "advanced": True, "widget": {"min": 0.0, "max": 1.0, "step": 0.05}, "help": "weight of the match to the annotated frames (PML retrieval), which keeps "
-                                      "long videos from drifting; 0: propagation only (the paper), better for "
-                                      "many look-alike objects such as cells"})
+            "advanced": True, "widget": {"min": 0.0, "max": 1.0, "step": 0.05},
+            "help": "weight of the match to the annotated frames (PML retrieval), which keeps long videos from "
+                    "drifting; 0: propagation only (the paper), better for many look-alike objects such as cells"})
+
+        def __post_init__(self):
+            check_global_matching(self.global_matching)
 
     def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
         p = self.params
