@@ -144,7 +144,9 @@ def test_benchmark_tvos_writes_its_json_and_its_section(backbone, sample_seq, tm
     assert results["trained head, global matching"]["matched_share"] > 0
     assert results["trained head, propagation only (the paper)"]["matched_share"] == 0
     assert payload["fast_vs_dense"]["argmax_agreement_min"] > 0.99
+    assert payload["ground_truth_history"]["global"]["J&F-Mean"] > 0.65
     assert "<!-- tvos:start -->" in docs.read_text() and "| trained head, global matching |" in docs.read_text()
+    assert "Drift: when every predicted frame joins the references with its ground truth" in docs.read_text()
 
 
 @pytest.mark.parametrize("head", ["pml", "tvos"])

@@ -274,6 +274,24 @@ def test_the_benchmark_times_both_paths_on_the_same_inputs():
     assert timing["argmax_agreement_min"] > 0.999 and timing["max_probability_difference"] < 0.2
 
 
+def test_the_drift_diagnostic_keeps_the_ground_truth_of_every_predicted_frame_as_history():
+    from napari_vosembed.benchmarks.tvos import GroundTruthHistory
+
+    frames, masks = scene(n=6)
+    frames[3:][masks[3:] == 1] = GREEN  # the object turns green: frame 3 is lost, and then every later one
+    video, emb = as_video(frames), colour_embeddings(frames, 4)
+    plain = session(frames)
+    diagnostic = GroundTruthHistory(video, emb, None, torch.device("cpu"), temperature=0.05)
+    diagnostic.truth = list(masks)
+    drifting = drive(plain.run({0: masks[0]}), quiet=True)
+    labels = drive(diagnostic.run({0: masks[0]}), quiet=True)
+    for t in range(1, 6):
+        shares = cell_shares(masks[t], diagnostic.values, diagnostic.grid, diagnostic.stride)
+        assert torch.equal(diagnostic.labels[t], torch.from_numpy(shares))
+    for t in (4, 5):
+        assert db_eval_iou(masks[t] == 1, drifting[t] == 1) < 0.1 and db_eval_iou(masks[t] == 1, labels[t] == 1) > 0.9
+
+
 def test_global_matching_blends_the_propagated_labels_with_pml_votes_over_the_annotated_masks():
     """p_t = (1 - lambda) p_TVOS + lambda p_PML, p_PML the k = 5 vote over the annotated frame's
     mask, computed for the cells whose label it can change: the labels of blending every cell."""

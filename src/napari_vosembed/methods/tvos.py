@@ -376,6 +376,10 @@ class TVOSSession:
             out[t] = m
         return out
 
+    def history_labels(self, t: int, scores: torch.Tensor) -> torch.Tensor:
+        """What predicted frame t adds to the references of later frames: its hard labels (Sec. 3.3)."""
+        return F.one_hot(scores.argmax(1), len(self.values)).to(scores.dtype)
+
     def _pass(self, out: np.ndarray, masks: dict[int, np.ndarray], origin: int, direction: int, stop: int,
               progress: list[int]) -> Generator[Progress, None, None]:
         """Propagate from frame `origin` in `direction` up to `stop` (excluded) into `out`; an
@@ -385,7 +389,7 @@ class TVOSSession:
             if t in masks:
                 continue
             scores = self.frame_scores(t, self.references(t, step, direction, annotated), self.labels)
-            self.labels[t] = F.one_hot(scores.argmax(1), len(self.values)).to(scores.dtype)
+            self.labels[t] = self.history_labels(t, scores)
             out[t] = refine_frame(self.video, t, scores.reshape(*self.grid, -1).cpu().numpy(), self.values,
                                   self.stride, self._intensity)
             progress[0] += 1
