@@ -27,7 +27,7 @@ def test_evaluate_perfect_and_empty_predictions(sample_seq, tmp_path, capsys):
     from napari_vosembed.io import read_sequence
 
     seq = read_sequence(sample_seq)
-    gt = np.stack([seq.masks[t] for t in range(len(seq.masks))])
+    gt = np.stack(seq.ground_truth())
     write_png_labels(gt, tmp_path / "perfect", seq.video.frame_names)
     write_png_labels(np.zeros_like(gt), tmp_path / "empty", seq.video.frame_names)
 
@@ -44,7 +44,7 @@ def test_evaluate_a_root_of_sequences(sample_seq, tmp_path):
     from napari_vosembed.io import read_sequence
 
     seq = read_sequence(sample_seq)
-    gt = np.stack([seq.masks[t] for t in range(len(seq.masks))])
+    gt = np.stack(seq.ground_truth())
     write_png_labels(gt, tmp_path / "pred" / seq.name, seq.video.frame_names)
     assert main(["evaluate", str(tmp_path / "pred"), str(sample_seq.parent), "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())

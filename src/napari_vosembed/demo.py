@@ -42,7 +42,7 @@ def run(out: Path, device: str = "auto", quiet: bool = False) -> int:
     picks = np.linspace(0, len(labels) - 1, 4).round().astype(int)
     strip = np.concatenate([overlay(seq.video[t], labels[t]) for t in picks], axis=1)
     cv2.imwrite(str(out / "overlay.png"), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
-    gt = [seq.masks[t] for t in range(len(seq.masks))]
+    gt = seq.ground_truth()
     report = summarize({seq.name: evaluate_sequence(list(labels), gt)})
     print(f"method {method}: masks in {out / 'masks'}, overlay {out / 'overlay.png'}")
     print(format_report(report))

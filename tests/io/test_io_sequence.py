@@ -36,6 +36,8 @@ def test_our_layout(tmp_path):
     mask = s.masks[-1]
     assert mask.dtype == np.int32 and mask.shape == (6, 8)
     assert set(np.unique(mask)) == {0, 1} and mask[1:3, 2:5].all()
+    truth = s.ground_truth()
+    assert len(truth) == 3 and truth[1] is None and np.array_equal(truth[0], s.masks[0])
     assert read_sequence(tmp_path / "root", name="cat").masks.annotated == [0, 2]
 
 

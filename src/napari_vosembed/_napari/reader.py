@@ -93,7 +93,7 @@ def read(path):
         if p.is_dir() and _is_sequence(p):
             seq = read_sequence(p)
             layers = [image_layer_data(seq.video, seq.name)]
-            masks = [seq.masks[t] for t in range(len(seq.masks))]
+            masks = seq.ground_truth()
             if any(m is not None for m in masks):
                 shape = seq.video.shape[1:3]
                 gt = np.stack([m if m is not None else np.zeros(shape, np.int32) for m in masks])

@@ -52,7 +52,7 @@ def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: P
         scores, per_frame, click_frame, click_video = {}, [], [], []
         for name in names:
             seq = read_sequence(data / name)
-            gt = [seq.masks[t] for t in range(len(seq.masks))]
+            gt = seq.ground_truth()
             session = _open(seq, head, device)
             session.add_prompts(Prompts().add_mask(0, gt[0]))
             start = time.perf_counter()
@@ -122,7 +122,7 @@ def click_curve(seq, head, device: str, max_clicks_per_frame: float, seed: int =
     """The click robot of Sec. 4.3: a random object click and a random background click on a
     random frame to start, then each new click on a random wrongly labelled pixel of the whole
     video, labelled from the ground truth. Returns [(clicks per frame, mean J over frames)]."""
-    gt = np.stack([seq.masks[t] for t in range(len(seq.masks))]) > 0
+    gt = np.stack(seq.ground_truth()) > 0
     n = len(gt)
     rng = np.random.default_rng(seed)
     session = _open(seq, head, device)

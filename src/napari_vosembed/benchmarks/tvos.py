@@ -56,7 +56,7 @@ def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MAT
     cls = GroundTruthHistory if ground_truth_history else TVOSSession
     session = drive(cls.open(seq.video, head, device, global_matching=global_matching), quiet=True)
     if ground_truth_history:
-        session.truth = [seq.masks[t] for t in range(len(seq.masks))]
+        session.truth = seq.ground_truth()
     gt0 = seq.masks[0]
     start = time.perf_counter()
     labels = drive(session.run({0: gt0}), quiet=True)
@@ -93,7 +93,7 @@ def fast_vs_dense(session: TVOSSession, frames: list[int], device: str) -> dict:
 
 def cells_of_frame0(seq) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Ground truth restricted to the objects of frame 0, and as cells versus background."""
-    gt = [seq.masks[t] for t in range(len(seq.masks))]
+    gt = seq.ground_truth()
     ids = np.unique(gt[0])
     return [np.where(np.isin(m, ids), m, 0) for m in gt], [(m > 0).astype(np.uint8) for m in gt]
 
@@ -114,7 +114,7 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
             session, labels, seconds = segment_sequence(seq, head, device, global_matching)
             per_frame.append(seconds)
             matched += session.match_counts
-            scores[name] = evaluate_sequence(list(labels), [seq.masks[t] for t in range(len(seq.masks))])
+            scores[name] = evaluate_sequence(list(labels), seq.ground_truth())
             print(f"{variant} {name}: J&F {summarize({name: scores[name]})['global']['J&F-Mean']:.3f}, "
                   f"{seconds:.3f} s/frame", file=sys.stderr)
             if head is not None and name == names[-1] and not timing:
@@ -130,7 +130,7 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
     for name in names:
         seq = read_sequence(data / name)
         _, labels, _ = segment_sequence(seq, "default", device, ground_truth_history=True)
-        no_drift[name] = evaluate_sequence(list(labels), [seq.masks[t] for t in range(len(seq.masks))])
+        no_drift[name] = evaluate_sequence(list(labels), seq.ground_truth())
     print(f"ground-truth history: J&F {summarize(no_drift)['global']['J&F-Mean']:.3f}", file=sys.stderr)
 
     cell_result = None

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import VideoReadError
 from .labels import Masks, label_files, read_label_folder
 from .video import Video, open_video
@@ -24,6 +26,10 @@ class Sequence:
     name: str
     video: Video
     masks: Masks
+
+    def ground_truth(self) -> list[np.ndarray | None]:
+        """Every frame's mask, read into a list (``None`` where a frame has none)."""
+        return [self.masks[t] for t in range(len(self.masks))]
 
 
 def _load(name: str, frames: Path, masks: Path) -> Sequence:
