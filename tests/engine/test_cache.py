@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -35,6 +37,8 @@ def test_second_run_reuses_the_cache_and_a_changed_video_does_not():
     video[2, 0, 0] ^= 1
     changed = drive(embed_video(video, TINY, device="cpu"), quiet=True)
     assert changed.computed == 5 and changed.path != first.path
+    decoder = drive(embed_video(video, dataclasses.replace(TINY, features="decoder"), device="cpu"), quiet=True)
+    assert decoder.computed == 5 and decoder.path not in (first.path, changed.path)
 
 
 def test_cancelled_work_resumes_where_it_stopped():

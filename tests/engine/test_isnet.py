@@ -55,18 +55,18 @@ def test_any_size(backbone, size):
     images = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         out = backbone(images)
-    assert backbone.feature_channels == {2: 64, 4: 64, 8: 128, 16: 256, 32: 512, 64: 512}
+    assert backbone.feature_channels == {2: 64, 4: 128, 8: 256, 16: 512, 32: 512, 64: 512}
     for stride, channels in backbone.feature_channels.items():
         assert out.features[stride].shape == (1, channels, math.ceil(size[0] / stride), math.ceil(size[1] / stride))
     assert out.saliency.shape == (1, 1, *size)
     assert 0 <= out.saliency.min() and out.saliency.max() <= 1
 
 
-def test_encoder_features(model_file):
-    encoder = ISNetBackbone(model_file, features="encoder")
+def test_decoder_features(model_file):
+    decoder = ISNetBackbone(model_file, features="decoder")
     with torch.inference_mode():
-        out = encoder(torch.rand(1, 3, 70, 90))
-    assert {s: f.shape[1] for s, f in out.features.items()} == {2: 64, 4: 128, 8: 256, 16: 512, 32: 512, 64: 512}
+        out = decoder(torch.rand(1, 3, 70, 90))
+    assert {s: f.shape[1] for s, f in out.features.items()} == {2: 64, 4: 64, 8: 128, 16: 256, 32: 512, 64: 512}
 
 
 def test_saliency_on_real_image(backbone):
@@ -79,7 +79,10 @@ def test_saliency_on_real_image(backbone):
 
 
 def test_get_backbone_isnet(model_file):
-    assert isinstance(get_backbone("isnet", device="cpu"), ISNetBackbone)
+    assert get_backbone("isnet", device="cpu").feature_source == "encoder"
+    assert get_backbone("isnet", device="cpu", features="decoder").feature_source == "decoder"
+    with pytest.raises(ValueError, match="features must be 'decoder' or 'encoder'"):
+        get_backbone("isnet", device="cpu", features="middle")
 
 
 def test_rejects_non_isnet_onnx(tmp_path):

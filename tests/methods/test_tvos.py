@@ -204,6 +204,10 @@ def test_a_saved_head_loads_with_its_settings(tmp_path):
     head.save(tmp_path / "h.pt", TINY, {"steps": 1})
     loaded, settings = TVOSHead.load(tmp_path / "h.pt")
     assert settings == TINY and loaded.scale == pytest.approx(1 / 0.07)
+    blob = torch.load(tmp_path / "h.pt", weights_only=False)
+    del blob["settings"]["features"]
+    torch.save(blob, tmp_path / "old.pt")
+    assert TVOSHead.load(tmp_path / "old.pt")[1].features == "decoder", "a file from before the setting"
 
 
 def test_propagation_without_an_object_is_refused():

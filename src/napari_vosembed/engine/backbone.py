@@ -92,12 +92,12 @@ class Backbone(nn.Module, metaclass=abc.ABCMeta):
 class ISNetBackbone(Backbone):
     """ISNet (DIS, Qin et al. 2022) with IMG.LY's pretrained weights.
 
-    ``features="decoder"`` (default) gives the decoder stages ``hx1d, hx2d, hx3d, hx4d, hx5d`` and
-    the bottom stage ``hx6`` (the tensors ISNet feeds to its side outputs); ``"encoder"`` gives the
-    encoder stages ``hx1 .. hx6``. The saliency is the sigmoid of the finest side output ``d1``.
+    ``features="encoder"`` (default) gives the encoder stages ``hx1 .. hx6``; ``"decoder"`` gives
+    the decoder stages ``hx1d, hx2d, hx3d, hx4d, hx5d`` and the bottom stage ``hx6`` (the tensors
+    ISNet feeds to its side outputs). The saliency is the sigmoid of the finest side output ``d1``.
     """
 
-    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", features: str = "decoder"):
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", features: str = "encoder"):
         super().__init__()
         if features not in ("decoder", "encoder"):
             raise ValueError(f"features must be 'decoder' or 'encoder', not {features!r}.")
@@ -245,11 +245,13 @@ class OnnxBackbone(_SingleMapBackbone):
         return torch.from_numpy(out).float().to(self.device)
 
 
-def get_backbone(name: str | Path, device: str | torch.device = "auto", stride: int | None = None) -> Backbone:
-    """``"isnet"``, ``"tiny"``, or the path of a TorchScript (``.pt``, ``.pth``, ``.ts``) or
-    ``.onnx`` network giving one feature map (``stride`` is checked, or found by a probe run)."""
+def get_backbone(name: str | Path, device: str | torch.device = "auto", stride: int | None = None,
+                 features: str = "encoder") -> Backbone:
+    """``"isnet"`` (its ``features`` stages), ``"tiny"``, or the path of a TorchScript (``.pt``,
+    ``.pth``, ``.ts``) or ``.onnx`` network giving one feature map (``stride`` is checked, or found
+    by a probe run)."""
     if str(name) == "isnet":
-        return ISNetBackbone(device=device)
+        return ISNetBackbone(device=device, features=features)
     if str(name) == "tiny":
         return TinyBackbone(device=device)
     path = Path(name)

@@ -44,8 +44,11 @@ class EmbeddingSettings:
         docs/benchmarks.md), 1 for small clips, 0.625 for 512x512 microscopy.
     levels: backbone strides whose features are kept, each L2-normalised per pixel and stored at
         its own resolution; `Embeddings.frame_features` upsamples the coarser ones to the finest
-        and concatenates them. Decoder strides 4 to 32 retrieve far better than 4 and 8 alone.
+        and concatenates them. Strides 4 to 32 retrieve far better than 4 and 8 alone.
     saliency_stride: the objectness map is kept at this stride of the frame (0: not kept).
+    features: which of ISNet's stages give the features, "encoder" (default) or "decoder" (the
+        backbone's saliency-trained side; the embedding heads reach far higher J&F on the encoder,
+        docs/models.md); other backbones have one set of maps and ignore it.
     """
 
     backbone: str = "isnet"
@@ -53,6 +56,7 @@ class EmbeddingSettings:
     levels: tuple[int, ...] = (4, 8, 16, 32)
     saliency_stride: int = 4
     working_pixels: int = 102_400
+    features: str = "encoder"
 
     def resolve(self, height: int, width: int) -> EmbeddingSettings:
         """These settings with the scale fixed for a `height x width` video."""
@@ -233,7 +237,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
     if (path / "meta.json").exists():
         arrays = _arrays(path, settings, (n, height, width), None)
     else:
-        backbone = get_backbone(settings.backbone, device)
+        backbone = get_backbone(settings.backbone, device, features=settings.features)
         missing = sorted(set(settings.levels) - set(backbone.feature_channels))
         if missing:
             raise VosEmbedError(
@@ -256,7 +260,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
     todo = np.flatnonzero(~done)
     computed = 0
     if len(todo):
-        backbone = backbone or get_backbone(settings.backbone, device)
+        backbone = backbone or get_backbone(settings.backbone, device, features=settings.features)
         low, high = video.intensity_range()
         scaled = (round(height * settings.scale), round(width * settings.scale))
         yield Progress(int(done.sum()), n, "embedding")

@@ -48,7 +48,9 @@ class Head(nn.Module):
             settings = blob["settings"]
         except Exception as err:  # a foreign or damaged file: say which, and what it should be
             raise ModelFileError(f"{path} is not a {cls.kind} file ({type(err).__name__}: {err})") from err
-        return head.eval().requires_grad_(False), EmbeddingSettings(**{**settings, "levels": tuple(settings["levels"])})
+        # files saved before `EmbeddingSettings.features` existed were trained on ISNet's decoder
+        settings = {"features": "decoder", **settings, "levels": tuple(settings["levels"])}
+        return head.eval().requires_grad_(False), EmbeddingSettings(**settings)
 
 
 def embed_for_head(video, head_class: type[H], default: Path, head: str | Path | None, device: str,
