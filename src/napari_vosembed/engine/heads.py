@@ -83,7 +83,7 @@ def project_levels(embeddings: Embeddings, weight: torch.Tensor, frames: list[in
 
     A head's first layer is linear and bilinear upsampling is linear, so each level is projected at
     its own resolution and the result upsampled: the same numbers, without building the
-    1408-channel map (8x fewer operations at the default settings). `weight` (out, C) has its
+    1408-channel map (6x fewer operations at the default settings). `weight` (out, C) has its
     columns in the order of the levels."""
     h, w = embeddings.grid_shape
     rows = np.arange(top, min(top + (size or h), h))

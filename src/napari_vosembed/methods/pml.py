@@ -50,7 +50,7 @@ class PMLHead(Head):
 
     def embed(self, embeddings: Embeddings, t: int, n_frames: int) -> torch.Tensor:
         """(h*w, dim) = `self(embeddings.frame_features(t), grid_coords(t, ...))`, with the first
-        layer applied level by level (`project_levels`: the same numbers, 8x fewer operations)."""
+        layer applied level by level (`project_levels`: the same numbers, 6x fewer operations)."""
         first, channels = self.net[0], embeddings.channels
         features = project_levels(embeddings, first.weight[:, :channels], [t])[0].reshape(-1, first.out_features)
         coords = grid_coords(t, n_frames, embeddings.grid_shape).to(first.weight.device)
