@@ -1,5 +1,9 @@
+import os
+
 import numpy as np
 
+from napari_vosembed.engine import _blas
+from napari_vosembed.engine._blas import configure_openblas, cpu_flags, openblas_coretype
 from napari_vosembed.engine.refine import guided_filter, refine_labels
 from napari_vosembed.engine.retrieval import ReferencePool
 from napari_vosembed.metrics import db_eval_iou
@@ -42,3 +46,23 @@ def test_two_label_shortcut_equals_the_general_argmax():
     general = refine_labels(three, np.array([0, 3, 9]), 8, (64, 64), guide=guide, radius=4)
     assert set(np.unique(fast)) <= {0, 3}
     assert (fast == general).mean() > 0.999
+
+
+def test_openblas_kernels_follow_the_cpu_flags_and_a_users_choice_is_kept(tmp_path, monkeypatch):
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"}
+    assert openblas_coretype(avx512) == "SkylakeX"
+    assert openblas_coretype({"avx2", "fma", "avx512f"}) == "Haswell"
+    assert openblas_coretype({"sse4_2", "avx"}) is None
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "fma"}
+    assert cpu_flags(tmp_path / "missing") == set()
+    monkeypatch.setattr(_blas.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(_blas.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_blas, "cpu_flags", lambda: avx512)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    configure_openblas()
+    assert os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")
+    configure_openblas()
+    assert os.environ["OPENBLAS_CORETYPE"] == "Zen"

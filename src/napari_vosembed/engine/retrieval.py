@@ -3,14 +3,20 @@
 PML (Chen et al. 2018, Sec. 3.2) labels every pixel with the majority label of its k nearest
 reference pixels in embedding space. Embeddings are L2-normalised, so the nearest neighbours are
 those of largest inner product: an exact `faiss.IndexFlatIP`, moved to the GPU when the method
-runs on CUDA and faiss-gpu is installed.
+runs on CUDA and faiss-gpu is installed. faiss is imported after `configure_openblas`, which
+lets its bundled OpenBLAS use the kernels of the CPU it runs on (`_blas`).
 """
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import torch
+
+from ._blas import configure_openblas
+
+configure_openblas()
+
+import faiss  # noqa: E402  (OpenBLAS reads OPENBLAS_CORETYPE when faiss loads it)
 
 
 class ReferencePool:
