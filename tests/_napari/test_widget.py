@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from napari_vosembed._napari import layers as L
 from napari_vosembed._napari.widget import SegmentWidget
+from napari_vosembed.methods.tvos import GLOBAL_MATCHING
 
 FRAME = 6  # the frame the tests annotate (the horse is fully in view)
 CLIP = (12, 120, 160)  # the clip of conftest.py: frames, height, width
@@ -330,7 +331,7 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     assert w.forward_button.enabled and w.backward_button.enabled
     assert {"head", "temperature", "fast", "keep_annotated", "refine", "global_matching"} == set(w.params())
     lam = next(p for p in w._param_widgets if p.name == "global_matching")
-    assert (lam.value, lam.min, lam.max, lam.step) == (0.25, 0.0, 1.0, 0.05)
+    assert (lam.value, lam.min, lam.max, lam.step) == (GLOBAL_MATCHING, 0.0, 1.0, 0.05)
     masks = w.add_mask_layer()
     ys, xs = np.nonzero(clip.masks[FRAME])
     masks.data_setitem((np.full(len(ys), FRAME), ys, xs), 1)

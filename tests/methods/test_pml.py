@@ -105,6 +105,15 @@ def test_online_adaptation_grows_the_pool_while_propagating():
     assert len(s.pool) == initial
 
 
+def test_a_mask_gives_every_cell_unless_capped_and_a_cap_splits_evenly(tmp_path):
+    frames, masks = scene(n=2)
+    s = colour_session(frames, tmp_path)
+    s.add_prompts(Prompts().add_mask(0, masks[0]))
+    assert len(s.pool) == 16 * 24
+    capped = s.with_prompts(Prompts().add_mask(0, masks[0]), max_refs_per_frame=60)
+    assert len(capped.pool) == 60 and (capped.pool.labels == 1).sum() == 30
+
+
 def test_references_on_a_later_frame_segment_earlier_frames():
     frames, masks = scene(n=6)
     s = session(frames)

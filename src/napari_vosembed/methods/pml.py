@@ -84,11 +84,12 @@ class PMLSession:
     k_mask / k_click: neighbours voting when the pool holds mask (or scribble) pixels / only
     clicks (Sec. 3.2: k = 5 and k = 1). max_refs_per_frame: a dense mask adds at most this many
     cells, split evenly between its labels (all of a label's cells when it has fewer), which
-    bounds the retrieval cost per frame.
+    bounds the retrieval cost per frame; the default keeps every cell of a 480p frame (6,420 at
+    stride 8), as the paper does.
     """
 
     def __init__(self, video, embeddings: Embeddings, head: PMLHead | None, device: torch.device,
-                 k_mask: int = 5, k_click: int = 1, refine: bool = True, max_refs_per_frame: int = 2500):
+                 k_mask: int = 5, k_click: int = 1, refine: bool = True, max_refs_per_frame: int = 10000):
         self.video = video
         self.embeddings = embeddings
         self.device = device
