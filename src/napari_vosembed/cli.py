@@ -234,7 +234,7 @@ def _train(args, module, name: str, **options) -> int:
 def cmd_train_pml(args) -> int:
     from .training import pml
 
-    return _train(args, pml, "PML", batch=args.batch, margin=args.margin, loss=args.loss)
+    return _train(args, pml, "PML", batch=args.batch, margin=args.margin, loss=args.loss, dropout=args.dropout)
 
 
 def cmd_train_tvos(args) -> int:
@@ -362,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=4, help="triplets (three frames each) per step")
     t.add_argument("--margin", type=float, default=0.3, help="alpha of Eq. 1")
     t.add_argument("--loss", default="pml", choices=["pml", "triplet", "contrastive"])
+    t.add_argument("--dropout", type=float, default=0.0,
+                   help="share of the backbone features zeroed in training (a regulariser; 0: the paper)")
     t.set_defaults(func=cmd_train_pml)
 
     t = _train_parser(train, "tvos", "the TVOS embedding head (propagation cross-entropy of Zhang et al. 2020, Eq. 8)",

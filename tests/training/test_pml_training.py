@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
@@ -25,15 +26,36 @@ def test_split_holds_out_every_fourth_sequence():
     assert held_out == ["s00", "s04", "s08"] and len(train_names) == 6
 
 
-def test_training_lowers_the_loss_on_separable_features(tmp_path):
+def _separable_video(tmp_path, informative: int = 1) -> TrainingVideo:
+    """Cells whose first `informative` feature channels tell object from background."""
     rng = np.random.default_rng(0)
     t, h, w, c = 4, 6, 8, 5
     labels = (rng.random((t, h * w)) < 0.3).astype(np.int64)
     features = rng.normal(0, 1, (t, h, w, c)).astype(np.float16)
-    features[..., 0] += 5.0 * labels.reshape(t, h, w)
+    features[..., :informative] += 5.0 * labels.reshape(t, h, w, 1)
     settings = EmbeddingSettings(backbone="synthetic", scale=1.0, levels=(8,), saliency_stride=0)
     emb = Embeddings(tmp_path, settings, (h * 8, w * 8), {8: features}, None, np.ones(t, bool))
-    video = TrainingVideo("synthetic", emb, labels)
+    return TrainingVideo("synthetic", emb, labels)
+
+
+def test_training_lowers_the_loss_on_separable_features(tmp_path):
     config = TrainConfig(steps=200, batch=2, anchors=32, pool=64, dim=8, hidden=16, margin=0.5, lr=3e-3)
-    _, history = drive(train([video], config), quiet=True)
+    _, history = drive(train([_separable_video(tmp_path)], config), quiet=True)
     assert history[-1][1] < 0.2 * history[0][1]
+
+
+def test_feature_dropout_regularises_training_only(tmp_path):
+    video = _separable_video(tmp_path, informative=5)
+    config = TrainConfig(steps=200, batch=2, anchors=32, pool=64, dim=8, hidden=16, margin=0.5, lr=3e-3)
+    _, plain = drive(train([video], config), quiet=True)
+    config.dropout = 0.3
+    head, history = drive(train([video], config), quiet=True)
+    assert history != plain
+    features = torch.from_numpy(video.embeddings.levels[8].reshape(-1, 5).astype(np.float32))
+    coords = torch.rand(len(features), 3)
+    assert not head.training and torch.equal(head(features, coords), head(features, coords))
+    e, labels = head(features, coords), video.labels.reshape(-1)
+    sims = e @ e.T - 2 * torch.eye(len(e))
+    assert (labels[sims.argmax(1).numpy()] == labels).mean() > 0.95
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(dropout=1.0)

@@ -4,7 +4,8 @@ Sampling as in Chen et al. 2018, Sec. 3.3: each triplet draws three frames of on
 256 anchors come from one of them, the positive and negative pools from the other two. Anchors are
 drawn half from object pixels and half from background where both exist (object pixels are rare,
 and uniform anchors would teach the background alone); the pools are a random subset of the two
-frames' pixels.
+frames' pixels. `dropout` (beyond the paper) zeroes that share of the backbone features the head
+sees in training, a regulariser against the few training videos.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..methods.pml import PMLHead, grid_coords
 from ..progress import Progress
@@ -31,6 +33,11 @@ class TrainConfig(common.TrainConfig):
     pool: int = 2048
     margin: float = 0.3
     loss: str = "pml"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout is the share of features zeroed in training, 0 <= dropout < 1, not {self.dropout}")
 
 
 def _cell_inputs(video: TrainingVideo, t: int, cells: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +74,9 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
         losses = []
         for video in rng.choice(len(videos), config.batch):
             (af, ac, al), (pf, pc, pl) = sample_triplet(videos[video], config.anchors, config.pool, rng)
-            losses.append(loss_fn(head(af, ac), head(pf, pc), al, pl, config.margin, generator))
+            anchors = head(nn.functional.dropout(af, config.dropout), ac)
+            pool = head(nn.functional.dropout(pf, config.dropout), pc)
+            losses.append(loss_fn(anchors, pool, al, pl, config.margin, generator))
         return torch.stack(losses).mean()
 
     history = yield from fit(torch.optim.Adam(head.parameters(), lr=config.lr), config.steps, step_loss)
