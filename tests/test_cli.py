@@ -166,3 +166,9 @@ def test_train_writes_a_head_that_loads_with_its_record(backbone, sample_seq, tm
     assert record["train_sequences"] == ["b-train"] and record["held_out_sequences"] == ["a-held-out"]
     assert record["command"].startswith(f"vosembed --quiet train {head} --data ") and len(record["loss_history"]) == 1
     assert settings.scale is None and not any(p.requires_grad for p in model.parameters())
+
+
+def test_train_refuses_a_dropout_that_zeroes_every_feature(tmp_path, capsys):
+    out = tmp_path / "pml.pt"
+    assert main(["--quiet", "train", "pml", "--data", str(tmp_path), "--dropout", "1", "--out", str(out)]) == 2
+    assert "0 <= dropout < 1, not 1.0" in capsys.readouterr().err and not out.exists()

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
+from napari_vosembed.errors import MethodError
 from napari_vosembed.training.losses import contrastive, pml_triplet, triplet
 from napari_vosembed.training.common import TrainingVideo, davis_split
 from napari_vosembed.training.pml import TrainConfig, train
@@ -57,5 +58,5 @@ def test_feature_dropout_regularises_training_only(tmp_path):
     e, labels = head(features, coords), video.labels.reshape(-1)
     sims = e @ e.T - 2 * torch.eye(len(e))
     assert (labels[sims.argmax(1).numpy()] == labels).mean() > 0.95
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(MethodError, match="dropout"):
         TrainConfig(dropout=1.0)

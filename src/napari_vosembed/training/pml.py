@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import MethodError
 from ..methods.pml import PMLHead, grid_coords
 from ..progress import Progress
 from . import common
@@ -37,7 +38,8 @@ class TrainConfig(common.TrainConfig):
 
     def __post_init__(self):
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout is the share of features zeroed in training, 0 <= dropout < 1, not {self.dropout}")
+            raise MethodError(f"dropout is the share of the features zeroed in training: "
+                              f"0 <= dropout < 1, not {self.dropout}")
 
 
 def _cell_inputs(video: TrainingVideo, t: int, cells: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
