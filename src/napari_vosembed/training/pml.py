@@ -38,7 +38,7 @@ class TrainConfig(common.TrainConfig):
 
     def __post_init__(self):
         if not 0 <= self.dropout < 1:
-            raise MethodError(f"dropout is the share of the features zeroed in training: "
+            raise MethodError("dropout is the share of the features zeroed in training: "
                               f"0 <= dropout < 1, not {self.dropout}")
 
 
