@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -49,8 +51,7 @@ def test_feature_dropout_regularises_training_only(tmp_path):
     video = _separable_video(tmp_path, informative=5)
     config = TrainConfig(steps=200, batch=2, anchors=32, pool=64, dim=8, hidden=16, margin=0.5, lr=3e-3)
     _, plain = drive(train([video], config), quiet=True)
-    config.dropout = 0.3
-    head, history = drive(train([video], config), quiet=True)
+    head, history = drive(train([video], replace(config, dropout=0.3)), quiet=True)
     assert history != plain
     features = torch.from_numpy(video.embeddings.levels[8].reshape(-1, 5).astype(np.float32))
     coords = torch.rand(len(features), 3)
