@@ -212,14 +212,14 @@ class PMLSession:
         scores, values, _ = self.frame_scores(t)
         return self.to_labels(t, scores, values)
 
-    def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = 400, adapt_window: int = 10
+    def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = 2000, adapt_window: int = 5
                     ) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame, yielding progress.
 
         Online adaptation (Sec. 3.2): walking away from the first annotated frame (forward, then
         backward), the cells of a frame whose k = 5 neighbours all agree join the pool; at most
         `adapt_per_frame` per frame, kept for the last `adapt_window` frames, so the pool and the
-        cost per frame stay bounded.
+        cost per frame stay bounded (defaults chosen on a validation split, docs/pml.md).
         """
         self._check_pool()
         n = len(self.video)
