@@ -93,12 +93,16 @@ def test_segment_pml_end_to_end_on_the_sample_clip(backbone, sample_seq, tmp_pat
     assert json.loads((tmp_path / "s.json").read_text())["global"]["J&F-Mean"] > 0.65
 
 
-def test_a_method_parameter_out_of_range_is_refused_before_any_work(sample_seq, tmp_path, capsys):
+@pytest.mark.parametrize("method, param, message", [
+    ("tvos", "global_matching=2", "global_matching must lie in [0, 1], not 2"),
+    ("pml", "adapt_window=0", "adapt_window must be at least 1, not 0"),
+])
+def test_a_method_parameter_out_of_range_is_refused_before_any_work(sample_seq, tmp_path, capsys, method, param,
+                                                                    message):
     out = tmp_path / "pred"
-    assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "tvos", "--device", "cpu",
-                 "--mask", f"0={sample_seq}/masks/00000.png", "--param", "global_matching=2",
-                 "--out", str(out)]) == 2
-    assert "global_matching must lie in [0, 1], not 2" in capsys.readouterr().err
+    assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", method, "--device", "cpu",
+                 "--mask", f"0={sample_seq}/masks/00000.png", "--param", param, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from napari_vosembed._napari import layers as L
 from napari_vosembed._napari.widget import SegmentWidget
+from napari_vosembed.methods.pml import ADAPT_PER_FRAME, ADAPT_WINDOW, PMLSession
 from napari_vosembed.methods.tvos import GLOBAL_MATCHING
 
 FRAME = 6  # the frame the tests annotate (the horse is fully in view)
@@ -29,10 +30,10 @@ def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(cl
     assert isinstance(w, SegmentWidget)
     assert w.image.value is clip.image
     assert w.method.value == "pml" and "pml" in w.method.choices
-    assert set(w.params()) == {"head", "online_adaptation", "k_mask", "k_click", "refine"}
-    basic = {widget.name for widget in w._basic}
-    advanced = {widget.name for widget in w._advanced}
-    assert basic == {"head", "online_adaptation"} and advanced == {"k_mask", "k_click", "refine"}
+    advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "refine"}
+    assert set(w.params()) == {"head", "online_adaptation"} | advanced
+    assert {widget.name for widget in w._basic} == {"head", "online_adaptation"}
+    assert {widget.name for widget in w._advanced} == advanced
     assert not w._advanced_box.isExpanded()  # advanced parameters start folded away
     assert w.device.choices == ("auto", "cpu", "cuda")
     # PML does not propagate: those buttons are off; nothing runs, so there is nothing to cancel
@@ -152,6 +153,29 @@ def test_a_painted_mask_segments_the_object(clip, qtbot):
     print(f"mask: J on the frame {j_frame:.3f}, over the clip {j_clip:.3f}")
     assert j_frame > 0.3 and j_clip > 0.15
     assert clip.errors() == []
+
+
+def test_the_adaptation_settings_of_the_dock_reach_the_segmentation(clip, qtbot, monkeypatch):
+    w = clip.widget
+    w.instant.value = False
+    settings = {p.name: p for p in w._param_widgets}
+    assert (settings["adapt_per_frame"].value, settings["adapt_window"].value) == (ADAPT_PER_FRAME, ADAPT_WINDOW)
+    settings["adapt_per_frame"].value, settings["adapt_window"].value = 30, 2
+    calls = []
+    predict_all = PMLSession.predict_all
+
+    def recording(session, *args, **kwargs):
+        calls.append(kwargs)
+        return predict_all(session, *args, **kwargs)
+
+    monkeypatch.setattr(PMLSession, "predict_all", recording)
+    masks = w.add_mask_layer()
+    ys, xs = np.nonzero(clip.masks[FRAME])
+    masks.data_setitem((np.full(len(ys), FRAME), ys, xs), 1)
+    qtbot.wait(20)
+    w.segment_button.clicked.emit()
+    assert calls == [{"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2}]
+    assert clip.J(frames=[FRAME]) > 0.3
 
 
 def test_segment_all_without_prompts_says_so_instead_of_raising(clip):
@@ -480,8 +504,6 @@ def test_the_n_key_on_a_clicks_layer_starts_a_new_object(clip, click):
 
 
 def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch):
-    from napari_vosembed.methods.pml import PMLSession
-
     opened = []
     original = PMLSession.open.__func__
 

@@ -5,8 +5,8 @@ import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
-from napari_vosembed.errors import PromptError
-from napari_vosembed.methods.pml import PMLSession, cell_labels
+from napari_vosembed.errors import MethodError, PromptError
+from napari_vosembed.methods.pml import PML, PMLSession, cell_labels
 from napari_vosembed.metrics import db_eval_iou
 from napari_vosembed.progress import drive
 from napari_vosembed.prompts import Prompts
@@ -103,6 +103,19 @@ def test_online_adaptation_grows_the_pool_while_propagating():
         sizes.append(len(s.pool))
     assert max(sizes) == initial + 3 * 50
     assert len(s.pool) == initial
+
+
+@pytest.mark.parametrize("option", ["adapt_per_frame", "adapt_window"])
+def test_adaptation_that_keeps_no_cell_is_refused_naming_the_option(option):
+    with pytest.raises(MethodError, match=f"{option} must be at least 1, not 0"):
+        PML.Params(**{option: 0})
+    frames, masks = scene(n=4)
+    s = session(frames)
+    s.add_prompts(Prompts().add_mask(0, masks[0]))
+    before = len(s.pool)
+    with pytest.raises(MethodError, match=f"{option} must be at least 1, not 0"):
+        drive(s.predict_all(**{option: 0}), quiet=True)
+    assert len(s.pool) == before
 
 
 def test_a_mask_gives_every_cell_unless_capped_and_a_cap_splits_evenly(tmp_path):

@@ -24,13 +24,15 @@ from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.heads import Head, embed_for_head, project_levels
 from ..engine.refine import refine_frame
 from ..engine.retrieval import ReferencePool
-from ..errors import PromptError
+from ..errors import MethodError, PromptError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
 
 #: The trained head that ships with the package (see docs/models/pml-head.md).
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "pml_head.pt"
+#: Online adaptation: confident cells per frame, and frames they stay (chosen on a validation split, docs/pml.md).
+ADAPT_PER_FRAME, ADAPT_WINDOW = 2000, 5
 
 
 class PMLHead(Head):
@@ -212,15 +214,16 @@ class PMLSession:
         scores, values, _ = self.frame_scores(t)
         return self.to_labels(t, scores, values)
 
-    def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = 2000, adapt_window: int = 5
-                    ) -> Generator[Progress, None, np.ndarray]:
+    def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = ADAPT_PER_FRAME,
+                    adapt_window: int = ADAPT_WINDOW) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame, yielding progress.
 
         Online adaptation (Sec. 3.2): walking away from the first annotated frame (forward, then
         backward), the cells of a frame whose k = 5 neighbours all agree join the pool; at most
         `adapt_per_frame` per frame, kept for the last `adapt_window` frames, so the pool and the
-        cost per frame stay bounded (defaults chosen on a validation split, docs/pml.md).
+        cost per frame stay bounded.
         """
+        check_adaptation(adapt_per_frame, adapt_window)
         self._check_pool()
         n = len(self.video)
         start = min(self.prompts.frames) if self.prompts.frames else 0
@@ -250,6 +253,13 @@ class PMLSession:
         return labels
 
 
+def check_adaptation(adapt_per_frame: int, adapt_window: int) -> None:
+    """Online adaptation needs at least one cell from at least one frame: refuse less, naming it."""
+    for name, value in (("adapt_per_frame", adapt_per_frame), ("adapt_window", adapt_window)):
+        if value < 1:
+            raise MethodError(f"{name} must be at least 1, not {value} (to adapt nothing, turn online_adaptation off)")
+
+
 @register_method
 class PML(Method):
     """Pixel-wise metric learning: k-nearest-neighbour retrieval in a learned embedding space."""
@@ -266,6 +276,13 @@ class PML(Method):
         online_adaptation: bool = field(default=True, metadata={
             "help": "add confidently labelled pixels of each frame to the references while segmenting all "
                     "frames (follows objects that change appearance)"})
+        adapt_per_frame: int = field(default=ADAPT_PER_FRAME, metadata={
+            "advanced": True, "widget": {"min": 1, "max": 100_000},
+            "help": "online adaptation: at most this many confident pixels (grid cells) of each frame join the "
+                    "references"})
+        adapt_window: int = field(default=ADAPT_WINDOW, metadata={
+            "advanced": True, "widget": {"min": 1, "max": 10_000},
+            "help": "online adaptation: the cells of the last this many frames stay references"})
         k_mask: int = field(default=5, metadata={
             "advanced": True, "help": "neighbours voting for each pixel when masks, boxes or scribbles are given"})
         k_click: int = field(default=1, metadata={
@@ -273,11 +290,14 @@ class PML(Method):
         refine: bool = field(default=True, metadata={
             "advanced": True, "help": "snap the borders to image edges (guided filter)"})
 
+        def __post_init__(self):
+            check_adaptation(self.adapt_per_frame, self.adapt_window)
+
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
         p = self.params
         session = yield from PMLSession.open(video, None if p.head in ("none", "") else p.head, self.device,
                                              k_mask=p.k_mask, k_click=p.k_click, refine=p.refine)
         session.add_prompts(prompts)
-        labels = yield from session.predict_all(online_adaptation=p.online_adaptation)
+        labels = yield from session.predict_all(p.online_adaptation, p.adapt_per_frame, p.adapt_window)
         return labels
 
