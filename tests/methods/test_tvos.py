@@ -11,6 +11,7 @@ from napari_vosembed.errors import MethodError, ModelFileError, PromptError, Vos
 from napari_vosembed.methods import segment
 from napari_vosembed.methods.pml import PMLSession
 from napari_vosembed.methods.tvos import (
+    ADAPT_CONFIDENCE,
     GLOBAL_MATCHING,
     SIGMA_DISTANT,
     SIGMA_RECENT,
@@ -319,6 +320,28 @@ def test_global_matching_blends_the_propagated_labels_with_pml_votes_over_the_an
     assert torch.allclose(result[uncertain], everywhere[uncertain], atol=1e-6)
     assert torch.equal(result[~uncertain], alone[~uncertain])
     assert torch.equal(result.argmax(1), everywhere.argmax(1))
+
+
+def test_an_adapted_matcher_takes_the_confident_cells_of_the_last_five_frames_and_drops_them_after_the_pass():
+    frames, masks = scene(n=9, squares=((RED, 12, 20), (GREEN, 36, 50)))
+    adapted = session(frames, global_matching=0.3, temperature=0.13, adapt_matcher=True)
+    plain = session(frames, global_matching=0.3, temperature=0.13)
+    drive(plain.run({0: masks[0]}), quiet=True)
+    first = plain.frame_scores(1, plain.references(1, 1, 1, [0]), plain.labels).max(1)
+    confident = (first.values >= ADAPT_CONFIDENCE).numpy()
+    assert 0.5 < confident.mean() < 1
+    run, kept = adapted.run({0: masks[0]}), []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            next(run)
+            pool = adapted._global.pool
+            kept.append(sorted({-1 - int(g) for g in pool.groups if g < 0}))  # the frames adapted from
+            if len(kept) == 1:  # frame 1: its confident cells, with the labels propagation gave them
+                assert np.array_equal(pool.labels[pool.groups == -2], first.indices.numpy()[confident])
+    assert kept == [list(range(max(1, t - 4), t + 1)) for t in range(1, 9)]
+    assert len(adapted._global.pool) == adapted.grid[0] * adapted.grid[1]  # the mask of frame 0 only
+    for obj in (1, 2):
+        assert min(db_eval_iou(masks[t] == obj, done.value.value[t] == obj) for t in range(1, 9)) > 0.8
 
 
 def test_the_session_opens_its_pml_matcher_on_the_same_grid():

@@ -214,14 +214,27 @@ class PMLSession:
         scores, values, _ = self.frame_scores(t)
         return self.to_labels(t, scores, values)
 
+    def adapt(self, t: int, cells: np.ndarray, labels: np.ndarray, adapted: list[int], rng: np.random.Generator,
+              per_frame: int = ADAPT_PER_FRAME, window: int = ADAPT_WINDOW) -> None:
+        """Online adaptation (Sec. 3.2): confidently labelled `cells` of frame t (flat grid indices,
+        their label values `labels`) join the pool, at most `per_frame` of them, drawn by `rng`.
+        `adapted` holds the frames' groups added so far, oldest first; only the last `window` stay."""
+        if len(cells) > per_frame:
+            keep = rng.choice(len(cells), per_frame, replace=False)
+            cells, labels = cells[keep], labels[keep]
+        adapted.append(-1 - t)
+        self.pool.add(self._pixel_embeddings[t, cells].astype(np.float32), labels, adapted[-1])
+        if len(adapted) > window:
+            self.pool.remove(adapted.pop(0))
+
     def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = ADAPT_PER_FRAME,
                     adapt_window: int = ADAPT_WINDOW) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame, yielding progress.
 
-        Online adaptation (Sec. 3.2): walking away from the first annotated frame (forward, then
-        backward), the cells of a frame whose k = 5 neighbours all agree join the pool; at most
-        `adapt_per_frame` per frame, kept for the last `adapt_window` frames, so the pool and the
-        cost per frame stay bounded.
+        Online adaptation (Sec. 3.2, `adapt`): walking away from the first annotated frame
+        (forward, then backward), the cells of a frame whose k = 5 neighbours all agree join the
+        pool; at most `adapt_per_frame` per frame, kept for the last `adapt_window` frames, so the
+        pool and the cost per frame stay bounded.
         """
         check_adaptation(adapt_per_frame, adapt_window)
         self._check_pool()
@@ -238,14 +251,8 @@ class PMLSession:
                 labels[t] = self.to_labels(t, scores, values)
                 if online_adaptation and t not in self.prompts.frames:
                     cells = np.flatnonzero(unanimous)
-                    if len(cells) > adapt_per_frame:
-                        cells = rng.choice(cells, adapt_per_frame, replace=False)
-                    group = -1 - t
-                    self.pool.add(self._pixel_embeddings[t, cells].astype(np.float32),
-                                  values[scores.reshape(-1, len(values))[cells].argmax(1)], group)
-                    adapted.append(group)
-                    if len(adapted) > adapt_window:
-                        self.pool.remove(adapted.pop(0))
+                    self.adapt(t, cells, values[scores.reshape(-1, len(values))[cells].argmax(1)], adapted, rng,
+                               adapt_per_frame, adapt_window)
                 done += 1
                 yield Progress(done, n, "retrieval")
             for group in adapted:

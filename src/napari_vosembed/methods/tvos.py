@@ -46,13 +46,15 @@ from ..errors import MethodError, PromptError, VosEmbedError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
-from .pml import PMLSession
+from .pml import ADAPT_WINDOW, PMLSession
 
 #: The trained head that ships with the package (model card: docs/tvos.md).
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "tvos_head.pt"
 SIGMA_RECENT, SIGMA_DISTANT = 8.0, 21.0
 #: lambda, the weight of the global matching to the annotated frames, chosen on training sequences (docs/tvos.md).
 GLOBAL_MATCHING = 0.25
+#: With `adapt_matcher`, the propagated probability from which a cell joins the matcher's references.
+ADAPT_CONFIDENCE = 0.9
 #: Temperature of the raw backbone features (no head), chosen on the training sequences (docs/tvos.md).
 RAW_TEMPERATURE = 0.05
 
@@ -262,11 +264,14 @@ class TVOSSession:
     refine: snap the upsampled labels to the frame's edges (guided filter, as PML), else bilinear
     upsampling only (the paper). matcher: a `PMLSession` on the same video and grid, which matches
     every frame to the annotated frames with weight `global_matching` (lambda; 0: the paper).
+    adapt_matcher: the matcher's references grow by PML's online adaptation (`PMLSession.adapt`)
+    with the cells each propagated frame labels with probability `ADAPT_CONFIDENCE` or more.
     """
 
     def __init__(self, video, embeddings: Embeddings, head: TVOSHead | None, device: torch.device,
                  temperature: float | None = None, fast: bool = True, keep_annotated: bool = True,
-                 refine: bool = True, matcher: PMLSession | None = None, global_matching: float = GLOBAL_MATCHING):
+                 refine: bool = True, matcher: PMLSession | None = None, global_matching: float = GLOBAL_MATCHING,
+                 adapt_matcher: bool = False):
         if matcher is not None and matcher.grid != embeddings.grid_shape:
             raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
                                 f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
@@ -274,6 +279,7 @@ class TVOSSession:
         check_global_matching(global_matching)
         self.matcher = matcher if global_matching > 0 else None
         self.global_matching = global_matching
+        self.adapt_matcher = adapt_matcher
         self._global: PMLSession | None = None
         #: [cells matched globally, cells propagated] so far
         self.match_counts = [0, 0]
@@ -371,6 +377,7 @@ class TVOSSession:
         self.labels = {t: torch.from_numpy(cell_shares(m, values, self.grid, self.stride)).to(self.device)
                        for t, m in masks.items()}
         self._global = None if self.matcher is None else self.matcher.with_prompts(Prompts(masks=dict(masks)))
+        self._rng = np.random.default_rng(0)
         out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
         for t, m in masks.items():
             out[t] = m
@@ -385,15 +392,22 @@ class TVOSSession:
         """Propagate from frame `origin` in `direction` up to `stop` (excluded) into `out`; an
         annotated frame on the way keeps its mask. `progress` = [done, total], updated."""
         annotated = sorted(masks)
+        adapted: list[int] = []
         for step, t in enumerate(range(origin + direction, stop, direction), 1):
             if t in masks:
                 continue
             scores = self.frame_scores(t, self.references(t, step, direction, annotated), self.labels)
             self.labels[t] = self.history_labels(t, scores)
+            if self.adapt_matcher and self._global is not None:
+                best = scores.max(1)
+                cells = torch.nonzero(best.values >= ADAPT_CONFIDENCE)[:, 0].cpu().numpy()
+                self._global.adapt(t, cells, self.values[best.indices.cpu().numpy()[cells]], adapted, self._rng)
             out[t] = refine_frame(self.video, t, scores.reshape(*self.grid, -1).cpu().numpy(), self.values,
                                   self.stride, self._intensity)
             progress[0] += 1
             yield Progress(progress[0], progress[1], "propagation")
+        for group in adapted:
+            self._global.pool.remove(group)
 
     def run(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame from the masks of the annotated frames, yielding progress.
@@ -472,6 +486,9 @@ class TVOS(Method):
             "advanced": True, "widget": {"min": 0.0, "max": 1.0, "step": 0.05},
             "help": "weight of the match to the annotated frames (PML retrieval), which keeps long videos from "
                     "drifting; 0: propagation only (the paper), better for many look-alike objects such as cells"})
+        adapt_matcher: bool = field(default=False, metadata={
+            "advanced": True, "help": "the match to the annotated frames also draws on confidently propagated "
+                                      f"pixels of the last {ADAPT_WINDOW} frames (PML's online adaptation)"})
 
         def __post_init__(self):
             check_global_matching(self.global_matching)
@@ -483,7 +500,7 @@ class TVOS(Method):
             raise PromptError("TVOS propagates masks: paint a mask, or click the objects, on at least one frame")
         session = yield from TVOSSession.open(video, head, self.device, temperature=p.temperature, fast=p.fast,
                                               keep_annotated=p.keep_annotated, refine=p.refine,
-                                              global_matching=p.global_matching)
+                                              global_matching=p.global_matching, adapt_matcher=p.adapt_matcher)
         masks = yield from seed_masks(video, prompts, self.device, None if head is None else "default",
                                       session.embeddings.settings, session.matcher)
         return session, masks
