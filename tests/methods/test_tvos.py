@@ -357,3 +357,8 @@ def test_the_session_opens_its_pml_matcher_on_the_same_grid():
         session(frames, global_matching=1.5)
     with pytest.raises(MethodError, match=r"global_matching must lie in \[0, 1\], not -0.1"):
         segment(frames, Prompts().add_point(0, 20, 30, 1), method="tvos", device="cpu", global_matching=-0.1)
+    with pytest.raises(MethodError, match="adapt_matcher grows the global matcher, which global_matching=0 turns off"):
+        segment(frames, Prompts().add_point(0, 20, 30, 1), method="tvos", device="cpu", global_matching=0,
+                adapt_matcher=True)
+    with pytest.raises(MethodError, match="adapt_matcher grows the global matcher"):
+        session(frames, global_matching=0, adapt_matcher=True)

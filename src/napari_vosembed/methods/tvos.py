@@ -249,10 +249,13 @@ def propagate(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, sig
     return out[:h, :w].reshape(n, -1)
 
 
-def check_global_matching(value: float) -> None:
-    """lambda is a weight: refuse anything outside [0, 1], naming it."""
+def check_global_matching(value: float, adapt_matcher: bool = False) -> None:
+    """lambda is a weight: refuse anything outside [0, 1], naming it; an adapted matcher needs lambda > 0."""
     if not 0 <= value <= 1:
         raise MethodError(f"global_matching must lie in [0, 1], not {value}")
+    if adapt_matcher and value == 0:
+        raise MethodError("adapt_matcher grows the global matcher, which global_matching=0 turns off: "
+                          "set global_matching above 0, or adapt_matcher off")
 
 
 class TVOSSession:
@@ -276,7 +279,7 @@ class TVOSSession:
             raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
                                 f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
                                 "differ: use heads trained with the same settings, or global_matching=0")
-        check_global_matching(global_matching)
+        check_global_matching(global_matching, adapt_matcher)
         self.matcher = matcher if global_matching > 0 else None
         self.global_matching = global_matching
         self.adapt_matcher = adapt_matcher
@@ -377,7 +380,6 @@ class TVOSSession:
         self.labels = {t: torch.from_numpy(cell_shares(m, values, self.grid, self.stride)).to(self.device)
                        for t, m in masks.items()}
         self._global = None if self.matcher is None else self.matcher.with_prompts(Prompts(masks=dict(masks)))
-        self._rng = np.random.default_rng(0)
         out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
         for t, m in masks.items():
             out[t] = m
@@ -392,7 +394,7 @@ class TVOSSession:
         """Propagate from frame `origin` in `direction` up to `stop` (excluded) into `out`; an
         annotated frame on the way keeps its mask. `progress` = [done, total], updated."""
         annotated = sorted(masks)
-        adapted: list[int] = []
+        adapted, rng = [], np.random.default_rng(0)
         for step, t in enumerate(range(origin + direction, stop, direction), 1):
             if t in masks:
                 continue
@@ -401,7 +403,7 @@ class TVOSSession:
             if self.adapt_matcher and self._global is not None:
                 best = scores.max(1)
                 cells = torch.nonzero(best.values >= ADAPT_CONFIDENCE)[:, 0].cpu().numpy()
-                self._global.adapt(t, cells, self.values[best.indices.cpu().numpy()[cells]], adapted, self._rng)
+                self._global.adapt(t, cells, self.values[best.indices.cpu().numpy()[cells]], adapted, rng)
             out[t] = refine_frame(self.video, t, scores.reshape(*self.grid, -1).cpu().numpy(), self.values,
                                   self.stride, self._intensity)
             progress[0] += 1
@@ -491,7 +493,7 @@ class TVOS(Method):
                                       f"pixels of the last {ADAPT_WINDOW} frames (PML's online adaptation)"})
 
         def __post_init__(self):
-            check_global_matching(self.global_matching)
+            check_global_matching(self.global_matching, self.adapt_matcher)
 
     def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
         p = self.params
