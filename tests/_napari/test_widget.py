@@ -518,7 +518,7 @@ def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch):
     for y, x in ((60, 120), (62, 118), (10, 10)):
         click(viewer, points, FRAME, y, x)
     w.add_boxes_layer()  # new layers, a new output layer: the session stays
-    w._param_widgets[[p.name for p in w._param_widgets].index("k_click")].value = 3  # retrieval only
+    w._param_widgets[[p.name for p in w._param_widgets].index("k_click")].value = 1  # retrieval only
     w.segment_button.clicked.emit()
     assert len(opened) == 1
     assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 1

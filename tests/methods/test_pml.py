@@ -71,6 +71,19 @@ def test_a_negative_click_removes_a_region_and_deleting_it_brings_it_back(tmp_pa
     assert s.predict_frame(2)[30, 66] == 1
 
 
+def test_a_lone_object_click_still_wins_its_region_among_background_clicks(tmp_path):
+    frames, masks = scene()
+    s = colour_session(frames, tmp_path)
+    s.add_prompts(Prompts().add_point(0, 30, 20, 1).add_point(0, 5, 80, 0).add_point(0, 55, 5, 0).add_point(0, 5, 5, 0))
+    assert (s.k_click, s.k) == (3, 1)  # three neighbours would always outvote the single object click
+    assert db_eval_iou(masks[2] == 1, s.predict_frame(2) == 1) > 0.85
+    s.add_prompts(Prompts().add_point(0, 40, 25, 1))
+    assert s.k == 3
+    assert db_eval_iou(masks[2] == 1, s.predict_frame(2) == 1) > 0.85
+    s.k_click = 1
+    assert s.k == 1
+
+
 def test_objects_keep_their_own_labels():
     frames, masks = scene(squares=((RED, 4), (GREEN, 56)))
     s = session(frames)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import list_sequences, read_sequence
-from ..methods.pml import PMLSession
+from ..methods.pml import K_CLICK, PMLSession
 from ..metrics import db_eval_iou, evaluate_sequence, summarize
 from ..progress import drive
 from ..prompts import Prompts
@@ -168,7 +168,8 @@ def clicks(data: Path, names: list[str] | None, device: str, max_clicks_per_fram
         lines = ["## PML, interactive: the click robot (`vosembed benchmark clicks`)", "",
                  f"Held-out sequences: {', '.join(names)}. Sec. 4.3 of the paper: one object and one background "
                  "click on a random frame to start, then each click on a random wrongly labelled pixel of the "
-                 f"video, k = 1, no online adaptation. Mean J over frames and sequences. Plot: `{plot.as_posix()}`.",
+                 f"video, k = {K_CLICK} (at most 2c - 1 while a label has c clicks), no online adaptation. Mean J "
+                 f"over frames and sequences. Plot: `{plot.as_posix()}`.",
                  "", "| embedding | " + " | ".join(f"J @ {m} clicks/frame" for m in marks) + " |",
                  "|---|" + "---|" * len(marks)]
         for name, r in results.items():

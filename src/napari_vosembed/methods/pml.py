@@ -33,6 +33,8 @@ from . import Method, register_method
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "pml_head.pt"
 #: Online adaptation: confident cells per frame, and frames they stay (chosen on a validation split, docs/pml.md).
 ADAPT_PER_FRAME, ADAPT_WINDOW = 2000, 5
+#: Neighbours voting with clicks alone (the paper: 1; 3 chosen on a validation split, docs/pml.md).
+K_CLICK = 3
 
 
 class PMLHead(Head):
@@ -84,14 +86,14 @@ class PMLSession:
     """Interactive PML on one video: embeddings are computed once, every edit re-runs retrieval.
 
     k_mask / k_click: neighbours voting when the pool holds mask (or scribble) pixels / only
-    clicks (Sec. 3.2: k = 5 and k = 1). max_refs_per_frame: a dense mask adds at most this many
-    cells, split evenly between its labels (all of a label's cells when it has fewer), which
-    bounds the retrieval cost per frame; the default keeps every cell of a 480p frame (6,420 at
-    stride 8), as the paper does.
+    clicks (Sec. 3.2: k = 5 and k = 1; k_click = 3 here, lowered so that one click still wins, see
+    `k`). max_refs_per_frame: a dense mask adds at most this many cells, split evenly between its
+    labels (all of a label's cells when it has fewer), which bounds the retrieval cost per frame;
+    the default keeps every cell of a 480p frame (6,420 at stride 8), as the paper does.
     """
 
     def __init__(self, video, embeddings: Embeddings, head: PMLHead | None, device: torch.device,
-                 k_mask: int = 5, k_click: int = 1, refine: bool = True, max_refs_per_frame: int = 10000):
+                 k_mask: int = 5, k_click: int = K_CLICK, refine: bool = True, max_refs_per_frame: int = 10000):
         self.video = video
         self.embeddings = embeddings
         self.device = device
@@ -189,7 +191,13 @@ class PMLSession:
 
     @property
     def k(self) -> int:
-        return self.k_mask if self._has_dense else self.k_click
+        """k_mask when the pool holds masks, boxes or scribbles; with clicks alone k_click, but at most
+        2c - 1 for the c clicks of the rarest label, so that a label's clicks can always win a majority
+        around them (one object click among two background clicks would lose every vote at k = 3)."""
+        if self._has_dense:
+            return self.k_mask
+        rarest = min((np.count_nonzero(self.pool.labels == v) for v in self.pool.label_values), default=1)
+        return max(1, min(self.k_click, 2 * rarest - 1))
 
     def _check_pool(self) -> None:
         if len(self.pool) == 0:
@@ -292,8 +300,9 @@ class PML(Method):
             "help": "online adaptation: the cells of the last this many frames stay references"})
         k_mask: int = field(default=5, metadata={
             "advanced": True, "help": "neighbours voting for each pixel when masks, boxes or scribbles are given"})
-        k_click: int = field(default=1, metadata={
-            "advanced": True, "help": "neighbours voting for each pixel when only clicks are given"})
+        k_click: int = field(default=K_CLICK, metadata={
+            "advanced": True, "help": "neighbours voting for each pixel when only clicks are given (fewer while "
+                                      "a label has too few clicks to win a majority)"})
         refine: bool = field(default=True, metadata={
             "advanced": True, "help": "snap the borders to image edges (guided filter)"})
 
