@@ -196,7 +196,8 @@ class PMLSession:
         around them (one object click among two background clicks would lose every vote at k = 3)."""
         if self._has_dense:
             return self.k_mask
-        rarest = min((np.count_nonzero(self.pool.labels == v) for v in self.pool.label_values), default=1)
+        counts = np.unique(self.pool.labels, return_counts=True)[1]
+        rarest = int(counts.min()) if len(counts) else 1
         return max(1, min(self.k_click, 2 * rarest - 1))
 
     def _check_pool(self) -> None:
@@ -235,6 +236,11 @@ class PMLSession:
         if len(adapted) > window:
             self.pool.remove(adapted.pop(0))
 
+    def drop_adapted(self, adapted: list[int]) -> None:
+        """Remove the groups `adapt` added (the end of a pass): the pool holds the prompts again."""
+        while adapted:
+            self.pool.remove(adapted.pop())
+
     def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = ADAPT_PER_FRAME,
                     adapt_window: int = ADAPT_WINDOW) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame, yielding progress.
@@ -263,8 +269,7 @@ class PMLSession:
                                adapt_per_frame, adapt_window)
                 done += 1
                 yield Progress(done, n, "retrieval")
-            for group in adapted:
-                self.pool.remove(group)
+            self.drop_adapted(adapted)
         return labels
 
 

@@ -408,8 +408,8 @@ class TVOSSession:
                                   self.stride, self._intensity)
             progress[0] += 1
             yield Progress(progress[0], progress[1], "propagation")
-        for group in adapted:
-            self._global.pool.remove(group)
+        if adapted:
+            self._global.drop_adapted(adapted)
 
     def run(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame from the masks of the annotated frames, yielding progress.
