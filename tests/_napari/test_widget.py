@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from napari_vosembed._napari import layers as L
 from napari_vosembed._napari.widget import SegmentWidget
-from napari_vosembed.methods.pml import ADAPT_PER_FRAME, ADAPT_WINDOW, PMLSession
+from napari_vosembed.methods.pml import ADAPT_PER_FRAME, ADAPT_WINDOW, FINETUNE_STEPS, PMLSession
 from napari_vosembed.methods.tvos import GLOBAL_MATCHING
 
 FRAME = 6  # the frame the tests annotate (the horse is fully in view)
@@ -30,7 +30,7 @@ def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(cl
     assert isinstance(w, SegmentWidget)
     assert w.image.value is clip.image
     assert w.method.value == "pml" and "pml" in w.method.choices
-    advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "refine"}
+    advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "refine", "finetune_steps"}
     assert set(w.params()) == {"head", "online_adaptation"} | advanced
     assert {widget.name for widget in w._basic} == {"head", "online_adaptation"}
     assert {widget.name for widget in w._advanced} == advanced
@@ -155,17 +155,18 @@ def test_a_painted_mask_segments_the_object(clip, qtbot):
     assert clip.errors() == []
 
 
-def test_the_adaptation_settings_of_the_dock_reach_the_segmentation(clip, qtbot, monkeypatch):
+def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentation(clip, qtbot, monkeypatch):
     w = clip.widget
     w.instant.value = False
     settings = {p.name: p for p in w._param_widgets}
     assert (settings["adapt_per_frame"].value, settings["adapt_window"].value) == (ADAPT_PER_FRAME, ADAPT_WINDOW)
-    settings["adapt_per_frame"].value, settings["adapt_window"].value = 30, 2
+    assert settings["finetune_steps"].value == FINETUNE_STEPS
+    settings["adapt_per_frame"].value, settings["adapt_window"].value, settings["finetune_steps"].value = 30, 2, 3
     calls = []
     predict_all = PMLSession.predict_all
 
     def recording(session, *args, **kwargs):
-        calls.append(kwargs)
+        calls.append((args or kwargs, [step for step, _ in session.finetune_history]))
         return predict_all(session, *args, **kwargs)
 
     monkeypatch.setattr(PMLSession, "predict_all", recording)
@@ -174,7 +175,9 @@ def test_the_adaptation_settings_of_the_dock_reach_the_segmentation(clip, qtbot,
     masks.data_setitem((np.full(len(ys), FRAME), ys, xs), 1)
     qtbot.wait(20)
     w.segment_button.clicked.emit()
-    assert calls == [{"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2}]
+    # the dock's session fine-tunes its head for 3 steps, then segments with the tuned head
+    assert calls == [({"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2, "finetune_steps": 3}, []),
+                     ((True, 30, 2, 0), [3])]
     assert clip.J(frames=[FRAME]) > 0.3
 
 

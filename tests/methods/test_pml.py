@@ -6,7 +6,7 @@ import torch
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
 from napari_vosembed.errors import MethodError, PromptError
-from napari_vosembed.methods.pml import PML, PMLSession, cell_labels
+from napari_vosembed.methods.pml import PML, PMLHead, PMLSession, cell_labels
 from napari_vosembed.metrics import db_eval_iou
 from napari_vosembed.progress import drive
 from napari_vosembed.prompts import Prompts
@@ -177,7 +177,7 @@ def test_with_prompts_starts_a_fresh_pool_on_shared_embeddings(tmp_path):
 
 
 def test_the_head_applied_per_level_equals_the_head_on_the_combined_features():
-    from napari_vosembed.methods.pml import PMLHead, grid_coords
+    from napari_vosembed.methods.pml import grid_coords
 
     frames, _ = scene(n=3)
     s = drive(PMLSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
@@ -185,3 +185,46 @@ def test_the_head_applied_per_level_equals_the_head_on_the_combined_features():
     with torch.no_grad():
         whole = head(s.embeddings.frame_features(2).reshape(-1, s.embeddings.channels), grid_coords(2, 3, s.grid))
         assert torch.allclose(head.embed(s.embeddings, 2, 3), whole, atol=1e-5)
+
+
+def random_head_session(frames, refine=False):
+    """A session with an untrained (random) head on tiny features: it confuses red and orange."""
+    s = session(frames)
+    torch.manual_seed(0)
+    head = PMLHead(s.embeddings.channels, dim=8, hidden=16).eval().requires_grad_(False)
+    return PMLSession(s.video, s.embeddings, head, torch.device("cpu"), refine=refine)
+
+
+def test_finetuning_on_the_mask_separates_what_the_head_confused():
+    frames, masks = scene(n=6, squares=((RED, 10), (ORANGE, 56)))
+    obj = (masks == 1).astype(np.int32)
+    s = random_head_session(frames)
+    s.add_prompts(Prompts().add_mask(0, obj[0]), group=7)
+    weights = [p.clone() for p in s.head.parameters()]
+    embedded, pool_size = s._pixel_embeddings.copy(), len(s.pool)
+    before = drive(s.predict_all(online_adaptation=False), quiet=True)
+    tuned = drive(s.finetuned(100, 1e-2), quiet=True)
+    after = drive(tuned.predict_all(online_adaptation=False), quiet=True)
+    j = [np.mean([db_eval_iou(obj[t] == 1, labels[t] == 1) for t in range(len(frames))]) for labels in (before, after)]
+    assert j[0] < 0.5 and j[1] > 0.85
+    assert tuned.finetune_history[-1][1] < tuned.finetune_history[0][1]
+    assert len(tuned.pool) == pool_size and not np.array_equal(tuned._pixel_embeddings, embedded)
+    assert all(torch.equal(a, b) for a, b in zip(weights, s.head.parameters()))
+    assert np.array_equal(s._pixel_embeddings, embedded) and s.remove_group(7) == pool_size
+
+
+def test_finetuning_without_a_head_a_mask_or_steps_is_refused():
+    frames, masks = scene(n=2)
+    s = random_head_session(frames)
+    s.add_prompts(Prompts().add_point(0, 30, 20, 1).add_point(0, 5, 80, 0))
+    with pytest.raises(PromptError, match="painted masks"):
+        drive(s.finetuned(5), quiet=True)
+    s.add_prompts(Prompts().add_mask(1, np.zeros(masks[1].shape, np.int32)))
+    with pytest.raises(PromptError, match="painted masks with an object and background"):
+        drive(s.finetuned(5), quiet=True)
+    with pytest.raises(MethodError, match="at least 1 step, not 0"):
+        drive(s.finetuned(0), quiet=True)
+    with pytest.raises(MethodError, match="trained head"):
+        drive(session(frames).finetuned(5), quiet=True)
+    with pytest.raises(MethodError, match="finetune_steps must be 0 \\(off\\) or more, not -1"):
+        PML.Params(finetune_steps=-1)

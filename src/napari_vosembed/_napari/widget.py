@@ -769,8 +769,8 @@ class SegmentWidget(QWidget):
         if cls.name in LIVE_METHODS:
             def run(session):
                 view = self.session_for(prompts)
-                adaptation = {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window")
-                              if k in params}
+                adaptation = {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window",
+                                                     "finetune_steps") if k in params}
                 self._start_run(lambda: view.predict_all(**adaptation), f"{cls.name} on all frames", write)
 
             self.with_session(image, run)

@@ -7,7 +7,7 @@ training record `meta`.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -107,3 +107,23 @@ def project_levels(embeddings: Embeddings, weight: torch.Tensor, frames: list[in
                                torch.from_numpy(wx).to(part.device)[:, None])
         out = level if out is None else out + level
     return out
+
+
+def fit(optimiser: torch.optim.Optimizer, steps: int, step_loss: Callable[[], torch.Tensor]
+        ) -> Generator[Progress, None, list[tuple[int, float]]]:
+    """`steps` optimiser steps on `step_loss()` with a cosine learning-rate schedule; returns the
+    loss history [(step, mean loss of the last 25 steps)]."""
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    history, running = [], []
+    for step in range(1, steps + 1):
+        loss = step_loss()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running.append(loss.item())
+        if step % 25 == 0 or step == steps:
+            history.append((step, float(np.mean(running))))
+            running = []
+        yield Progress(step, steps, "training")
+    return history

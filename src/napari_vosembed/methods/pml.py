@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from ..engine.cache import EmbeddingSettings, Embeddings
-from ..engine.heads import Head, embed_for_head, project_levels
+from ..engine.heads import Head, embed_for_head, fit, project_levels
 from ..engine.refine import refine_frame
 from ..engine.retrieval import ReferencePool
 from ..errors import MethodError, PromptError
 from ..progress import Progress
 from ..prompts import Prompts
+from ..training.losses import pml_triplet
 from . import Method, register_method
 
 #: The trained head that ships with the package (see docs/models/pml-head.md).
@@ -35,6 +36,9 @@ DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "pml_head.pt"
 ADAPT_PER_FRAME, ADAPT_WINDOW = 2000, 5
 #: Neighbours voting with clicks alone (the paper: 1; 3 chosen on a validation split, docs/pml.md).
 K_CLICK = 3
+#: One-shot fine-tuning of the head on the annotated masks: Adam steps and learning rate (beyond the
+#: paper; chosen on a validation split, docs/pml.md).
+FINETUNE_STEPS, FINETUNE_LR = 100, 1e-4
 
 
 class PMLHead(Head):
@@ -68,6 +72,14 @@ def grid_coords(t: int, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
     ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float32) / h, torch.arange(w, dtype=torch.float32) / w,
                             indexing="ij")
     return torch.stack([ii.reshape(-1), jj.reshape(-1), torch.full((h * w,), t / max(n_frames, 1))], 1)
+
+
+def balanced_anchors(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most n anchors, half object and half background where both exist (Sec. 3.3
+    draws them uniformly; object pixels are rare, and uniform anchors would teach the background)."""
+    fg, bg = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
+    n_fg = min(len(fg), n // 2) if len(bg) else min(len(fg), n)
+    return np.concatenate([rng.choice(fg, n_fg, replace=False), rng.choice(bg, min(len(bg), n - n_fg), replace=False)])
 
 
 def cell_labels(labels: np.ndarray, grid: tuple[int, int], stride: float) -> np.ndarray:
@@ -108,6 +120,7 @@ class PMLSession:
         self.pool = ReferencePool(self._pixel_embeddings.shape[-1], device)
         self.prompts = Prompts()
         self._has_dense = False
+        self.finetune_history: list[tuple[int, float]] = []
 
     @classmethod
     def open(cls, video, head: str | Path | None = "default", device: str | torch.device = "cpu",
@@ -236,22 +249,66 @@ class PMLSession:
         if len(adapted) > window:
             self.pool.remove(adapted.pop(0))
 
+    def finetuned(self, steps: int = FINETUNE_STEPS, lr: float = FINETUNE_LR, anchors: int = 256, pool: int = 2048,
+                  margin: float = 0.3, seed: int = 0) -> Generator[Progress, None, PMLSession]:
+        """A session whose head is adapted to this video's masks (one-shot fine-tuning, beyond the
+        paper, as OSVOS and MaskTrack fine-tune on the first frame): `steps` of Adam on the loss of
+        Eq. 1, the anchors (`balanced_anchors`) from a random half of the masks' cells, the positive
+        and negative pool from the other half (Sec. 3.3 draws the pool from two other frames, which
+        one mask lacks); then every frame is re-embedded and the prompts fill a fresh pool (as one
+        group, like `with_prompts`). This session and its head are unchanged; the new session's
+        `finetune_history` holds the loss [(step, mean loss)]."""
+        if self.head is None:
+            raise MethodError("fine-tuning needs a trained head, not the raw backbone features (head 'none')")
+        if steps < 1:
+            raise MethodError(f"fine-tuning needs at least 1 step, not {steps}")
+        cells = {t: cell_labels(image, self.grid, self.stride).reshape(-1) for t, image in self.prompts.masks.items()}
+        labels = np.concatenate(list(cells.values())) if cells else np.zeros(0, np.int64)
+        if len(np.unique(labels)) < 2:
+            raise PromptError("fine-tuning learns from painted masks with an object and background: add such a mask")
+        all_cells = np.arange(self.grid[0] * self.grid[1])
+        features = torch.cat([self.embeddings.cell_features(t, all_cells) for t in cells]).to(self.device)
+        coords = torch.cat([grid_coords(t, len(self.video), self.grid) for t in cells]).to(self.device)
+        targets = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        head = copy.deepcopy(self.head).train().requires_grad_(True)
+        rng = np.random.default_rng(seed)
+
+        def step_loss() -> torch.Tensor:
+            order = rng.permutation(len(labels))
+            half, rest = order[: len(order) // 2], order[len(order) // 2:]
+            a = torch.from_numpy(half[balanced_anchors(labels[half], anchors, rng)]).to(self.device)
+            p = torch.from_numpy(rest[:pool]).to(self.device)
+            return pml_triplet(head(features[a], coords[a]), head(features[p], coords[p]), targets[a], targets[p], margin)
+
+        history = yield from fit(torch.optim.Adam(head.parameters(), lr=lr), steps, step_loss)
+        tuned = copy.copy(self)
+        tuned.head = head.eval().requires_grad_(False)
+        tuned._pixel_embeddings = tuned._embed_all()
+        tuned = tuned.with_prompts(self.prompts)
+        tuned.finetune_history = history
+        return tuned
+
     def drop_adapted(self, adapted: list[int]) -> None:
         """Remove the groups `adapt` added (the end of a pass): the pool holds the prompts again."""
         while adapted:
             self.pool.remove(adapted.pop())
 
     def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = ADAPT_PER_FRAME,
-                    adapt_window: int = ADAPT_WINDOW) -> Generator[Progress, None, np.ndarray]:
+                    adapt_window: int = ADAPT_WINDOW, finetune_steps: int = FINETUNE_STEPS
+                    ) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame, yielding progress.
 
-        Online adaptation (Sec. 3.2, `adapt`): walking away from the first annotated frame
-        (forward, then backward), the cells of a frame whose k = 5 neighbours all agree join the
-        pool; at most `adapt_per_frame` per frame, kept for the last `adapt_window` frames, so the
-        pool and the cost per frame stay bounded.
+        With masks among the prompts and a trained head, the head is first fine-tuned on them for
+        `finetune_steps` (`finetuned`; 0: off, the paper). Online adaptation (Sec. 3.2, `adapt`):
+        walking away from the first annotated frame (forward, then backward), the cells of a frame
+        whose k = 5 neighbours all agree join the pool; at most `adapt_per_frame` per frame, kept
+        for the last `adapt_window` frames, so the pool and the cost per frame stay bounded.
         """
         check_adaptation(adapt_per_frame, adapt_window)
         self._check_pool()
+        if finetune_steps and self.head is not None and self.prompts.masks:
+            tuned = yield from self.finetuned(finetune_steps)
+            return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0))
         n = len(self.video)
         start = min(self.prompts.frames) if self.prompts.frames else 0
         labels = np.zeros((n, *self.frame_shape), np.uint8 if self.pool.label_values.max() < 256 else np.int32)
@@ -310,15 +367,22 @@ class PML(Method):
                                       "a label has too few clicks to win a majority)"})
         refine: bool = field(default=True, metadata={
             "advanced": True, "help": "snap the borders to image edges (guided filter)"})
+        finetune_steps: int = field(default=FINETUNE_STEPS, metadata={
+            "advanced": True, "widget": {"min": 0, "max": 10_000},
+            "help": "fine-tune the embedding head on the painted masks for this many steps before segmenting "
+                    "(0: off, as in the paper; not with head 'none' or without masks)"})
 
         def __post_init__(self):
             check_adaptation(self.adapt_per_frame, self.adapt_window)
+            if self.finetune_steps < 0:
+                raise MethodError(f"finetune_steps must be 0 (off) or more, not {self.finetune_steps}")
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
         p = self.params
         session = yield from PMLSession.open(video, None if p.head in ("none", "") else p.head, self.device,
                                              k_mask=p.k_mask, k_click=p.k_click, refine=p.refine)
         session.add_prompts(prompts)
-        labels = yield from session.predict_all(p.online_adaptation, p.adapt_per_frame, p.adapt_window)
+        labels = yield from session.predict_all(p.online_adaptation, p.adapt_per_frame, p.adapt_window,
+                                                p.finetune_steps)
         return labels
 

@@ -61,26 +61,6 @@ def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, devic
     return videos
 
 
-def fit(optimiser: torch.optim.Optimizer, steps: int, step_loss: Callable[[], torch.Tensor]
-        ) -> Generator[Progress, None, list[tuple[int, float]]]:
-    """`steps` optimiser steps on `step_loss()` with a cosine learning-rate schedule; returns the
-    loss history [(step, mean loss of the last 25 steps)]."""
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-    history, running = [], []
-    for step in range(1, steps + 1):
-        loss = step_loss()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running.append(loss.item())
-        if step % 25 == 0 or step == steps:
-            history.append((step, float(np.mean(running))))
-            running = []
-        yield Progress(step, steps, "training")
-    return history
-
-
 def run(data: Path, out: Path, config: TrainConfig, train: Callable, device: str, command: str, plot: Path | None,
         title: str) -> Generator[Progress, None, Path]:
     """Train with `train(videos, config)` (a generator returning the head and its loss history) on

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.heads import fit
 from ..errors import MethodError
-from ..methods.pml import PMLHead, grid_coords
+from ..methods.pml import PMLHead, balanced_anchors, grid_coords
 from ..progress import Progress
 from . import common
-from .common import TrainingVideo, fit
+from .common import TrainingVideo
 from .losses import LOSSES
 
 
@@ -54,10 +55,7 @@ def sample_triplet(video: TrainingVideo, n_anchors: int, n_pool: int, rng: np.ra
     frames = rng.choice(len(video.labels), 3, replace=len(video.labels) < 3)
     anchor_frame, pool_frames = frames[0], frames[1:]
     labels = video.labels[anchor_frame]
-    fg, bg = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
-    n_fg = min(len(fg), n_anchors // 2) if len(bg) else min(len(fg), n_anchors)
-    cells = np.concatenate([rng.choice(fg, n_fg, replace=False),
-                            rng.choice(bg, min(len(bg), n_anchors - n_fg), replace=False)])
+    cells = balanced_anchors(labels, n_anchors, rng)
     anchor = _cell_inputs(video, anchor_frame, cells)
     pools = [_cell_inputs(video, t, rng.choice(labels.size, min(labels.size, n_pool // 2), replace=False))
              for t in pool_frames]

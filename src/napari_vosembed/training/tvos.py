@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.heads import fit
 from ..methods.tvos import TVOSHead, propagation_logits, sample_references
 from ..progress import Progress
 from . import common
-from .common import TrainingVideo, fit
+from .common import TrainingVideo
 
 
 @dataclass
