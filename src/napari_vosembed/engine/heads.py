@@ -2,7 +2,8 @@
 
 A head file (`torch.save`) holds the constructor `config`, the `state_dict`, the
 `EmbeddingSettings` the head was trained on (inference embeds with the same ones) and the
-training record `meta`.
+training record `meta`. `fit` is the optimisation loop of `vosembed train` and of PML's one-shot
+fine-tuning.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ ADAPT_PER_FRAME, ADAPT_WINDOW = 2000, 5
 K_CLICK = 3
 #: One-shot fine-tuning of the head on the annotated masks: Adam steps and learning rate (beyond the
 #: paper; chosen on a validation split, docs/pml.md).
-FINETUNE_STEPS, FINETUNE_LR = 100, 1e-4
+FINETUNE_STEPS, FINETUNE_LR = 100, 2e-4
 
 
 class PMLHead(Head):
