@@ -202,9 +202,9 @@ def test_finetuning_on_the_mask_separates_what_the_head_confused():
     s.add_prompts(Prompts().add_mask(0, obj[0]), group=7)
     weights = [p.clone() for p in s.head.parameters()]
     embedded, pool_size = s._pixel_embeddings.copy(), len(s.pool)
-    before = drive(s.predict_all(online_adaptation=False), quiet=True)
+    before = drive(s.predict_all(online_adaptation=False, finetune_steps=0), quiet=True)
     tuned = drive(s.finetuned(100, 1e-2), quiet=True)
-    after = drive(tuned.predict_all(online_adaptation=False), quiet=True)
+    after = drive(tuned.predict_all(online_adaptation=False, finetune_steps=0), quiet=True)
     j = [np.mean([db_eval_iou(obj[t] == 1, labels[t] == 1) for t in range(len(frames))]) for labels in (before, after)]
     assert j[0] < 0.5 and j[1] > 0.85
     assert tuned.finetune_history[-1][1] < tuned.finetune_history[0][1]
@@ -228,3 +228,12 @@ def test_finetuning_without_a_head_a_mask_or_steps_is_refused():
         drive(session(frames).finetuned(5), quiet=True)
     with pytest.raises(MethodError, match="finetune_steps must be 0 \\(off\\) or more, not -1"):
         PML.Params(finetune_steps=-1)
+
+
+def test_a_background_mask_beside_an_object_click_segments_without_finetuning(monkeypatch):
+    frames, masks = scene(n=3)
+    s = random_head_session(frames)
+    s.add_prompts(Prompts().add_point(0, 30, 20, 1).add_mask(2, np.zeros(masks[2].shape, np.int32)))
+    monkeypatch.setattr(PMLSession, "finetuned", lambda *a, **k: pytest.fail("nothing to fine-tune on"))
+    labels = drive(s.predict_all(online_adaptation=False), quiet=True)  # was a PromptError from fine-tuning
+    assert labels.shape == masks.shape and labels[2].max() == 0

@@ -262,13 +262,12 @@ class PMLSession:
             raise MethodError("fine-tuning needs a trained head, not the raw backbone features (head 'none')")
         if steps < 1:
             raise MethodError(f"fine-tuning needs at least 1 step, not {steps}")
-        cells = {t: cell_labels(image, self.grid, self.stride).reshape(-1) for t, image in self.prompts.masks.items()}
-        labels = np.concatenate(list(cells.values())) if cells else np.zeros(0, np.int64)
+        frames, labels = self._mask_cells()
         if len(np.unique(labels)) < 2:
             raise PromptError("fine-tuning learns from painted masks with an object and background: add such a mask")
         all_cells = np.arange(self.grid[0] * self.grid[1])
-        features = torch.cat([self.embeddings.cell_features(t, all_cells) for t in cells]).to(self.device)
-        coords = torch.cat([grid_coords(t, len(self.video), self.grid) for t in cells]).to(self.device)
+        features = torch.cat([self.embeddings.cell_features(t, all_cells) for t in frames]).to(self.device)
+        coords = torch.cat([grid_coords(t, len(self.video), self.grid) for t in frames]).to(self.device)
         targets = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         head = copy.deepcopy(self.head).train().requires_grad_(True)
         rng = np.random.default_rng(seed)
@@ -288,6 +287,12 @@ class PMLSession:
         tuned.finetune_history = history
         return tuned
 
+    def _mask_cells(self) -> tuple[list[int], np.ndarray]:
+        """The frames with a painted mask, and the majority label of every cell of them, frame after frame."""
+        frames = list(self.prompts.masks)
+        labels = [cell_labels(self.prompts.masks[t], self.grid, self.stride).reshape(-1) for t in frames]
+        return frames, np.concatenate(labels) if labels else np.zeros(0, np.int64)
+
     def drop_adapted(self, adapted: list[int]) -> None:
         """Remove the groups `adapt` added (the end of a pass): the pool holds the prompts again."""
         while adapted:
@@ -298,15 +303,16 @@ class PMLSession:
                     ) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame, yielding progress.
 
-        With masks among the prompts and a trained head, the head is first fine-tuned on them for
-        `finetune_steps` (`finetuned`; 0: off, the paper). Online adaptation (Sec. 3.2, `adapt`):
+        With masks holding an object and background among the prompts and a trained head, the head is
+        first fine-tuned on them for `finetune_steps` (`finetuned`; 0: off, the paper); a mask of
+        background alone, beside object clicks, is used as references only. Online adaptation (Sec. 3.2, `adapt`):
         walking away from the first annotated frame (forward, then backward), the cells of a frame
         whose k = 5 neighbours all agree join the pool; at most `adapt_per_frame` per frame, kept
         for the last `adapt_window` frames, so the pool and the cost per frame stay bounded.
         """
         check_adaptation(adapt_per_frame, adapt_window)
         self._check_pool()
-        if finetune_steps and self.head is not None and self.prompts.masks:
+        if finetune_steps and self.head is not None and len(np.unique(self._mask_cells()[1])) > 1:
             tuned = yield from self.finetuned(finetune_steps)
             return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0))
         n = len(self.video)
