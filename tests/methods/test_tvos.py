@@ -9,12 +9,13 @@ from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
 from napari_vosembed.errors import MethodError, ModelFileError, PromptError, VosEmbedError
 from napari_vosembed.methods import segment
-from napari_vosembed.methods.pml import PMLSession
+from napari_vosembed.methods.pml import PMLHead, PMLSession
 from napari_vosembed.methods.tvos import (
     ADAPT_CONFIDENCE,
     GLOBAL_MATCHING,
     SIGMA_DISTANT,
     SIGMA_RECENT,
+    TVOS,
     TVOSHead,
     TVOSSession,
     cell_shares,
@@ -333,7 +334,8 @@ def test_an_adapted_matcher_takes_the_confident_cells_of_the_last_five_frames_an
     run, kept = adapted.run({0: masks[0]}), []
     with pytest.raises(StopIteration) as done:
         while True:
-            next(run)
+            if next(run).done == 1:  # the annotated frame, before any propagation
+                continue
             pool = adapted._global.pool
             kept.append(sorted({-1 - int(g) for g in pool.groups if g < 0}))  # the frames adapted from
             if len(kept) == 1:  # frame 1: its confident cells, with the labels propagation gave them
@@ -342,6 +344,41 @@ def test_an_adapted_matcher_takes_the_confident_cells_of_the_last_five_frames_an
     assert len(adapted._global.pool) == adapted.grid[0] * adapted.grid[1]  # the mask of frame 0 only
     for obj in (1, 2):
         assert min(db_eval_iou(masks[t] == obj, done.value.value[t] == obj) for t in range(1, 9)) > 0.8
+
+
+def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
+    """A trained matcher head is first fine-tuned on the annotated masks (progress "training"),
+    as a copy: the matcher and its head stay as they were; 0 steps, or raw features, skip it."""
+    frames, masks = scene(n=5, squares=((RED, 12, 20), (GREEN, 36, 50)))
+    video, emb = as_video(frames), colour_embeddings(frames)
+    torch.manual_seed(0)
+    head = PMLHead(emb.channels, dim=8, hidden=16).eval().requires_grad_(False)
+    weights = [p.clone() for p in head.parameters()]
+    matcher = PMLSession(video, emb, head, torch.device("cpu"))
+
+    def run(s):
+        gen, stages = s.run({0: masks[0]}), []
+        with pytest.raises(StopIteration) as done:
+            while True:
+                stages.append(next(gen).stage)
+        return stages, done.value.value
+
+    options = dict(temperature=0.13, matcher=matcher, global_matching=0.3)
+    tuned = TVOSSession(video, emb, None, torch.device("cpu"), finetune_steps=20, **options)
+    stages, labels = run(tuned)
+    assert stages[:20] == ["training"] * 20 and set(stages[20:]) == {"propagation"}
+    assert tuned._global.head is not head and len(tuned._global.finetune_history) == 1
+    assert not np.array_equal(tuned._global.frame_embeddings(1), matcher.frame_embeddings(1))
+    assert all(torch.equal(a, b) for a, b in zip(weights, head.parameters()))
+    assert len(matcher.pool) == 0
+    for obj in (1, 2):
+        assert min(db_eval_iou(masks[t] == obj, labels[t] == obj) for t in range(1, 5)) > 0.8
+    untuned = TVOSSession(video, emb, None, torch.device("cpu"), finetune_steps=0, **options)
+    assert "training" not in run(untuned)[0] and untuned._global.head is head
+    raw = session(frames, global_matching=0.3)  # raw features: nothing to fine-tune
+    assert "training" not in run(raw)[0]
+    with pytest.raises(MethodError, match="finetune_steps must be 0 \\(off\\) or more, not -2"):
+        TVOS.Params(finetune_steps=-2)
 
 
 def test_the_session_opens_its_pml_matcher_on_the_same_grid():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..io import read_sequence
+from ..methods.pml import FINETUNE_STEPS
 from ..methods.tvos import GLOBAL_MATCHING, TVOSSession, cell_shares, propagate, propagate_dense
 from ..metrics import evaluate_sequence, summarize
 from ..progress import drive
@@ -49,19 +50,29 @@ class GroundTruthHistory(TVOSSession):
 
 
 def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MATCHING,
-                     ground_truth_history: bool = False) -> tuple[TVOSSession, np.ndarray, float]:
-    """Propagate the mask of frame 0 through `seq`; returns the session, the labels and the
-    seconds per propagated frame (embeddings cached beforehand, so no backbone time).
+                     ground_truth_history: bool = False) -> tuple[TVOSSession, np.ndarray, float, float]:
+    """Propagate the mask of frame 0 through `seq`; returns the session, the labels, the seconds
+    per propagated frame (embeddings cached beforehand, so no backbone time) and the seconds the
+    matcher's fine-tuning took before (everything until the first "propagation" progress).
     `ground_truth_history`: a `GroundTruthHistory` session."""
     cls = GroundTruthHistory if ground_truth_history else TVOSSession
     session = drive(cls.open(seq.video, head, device, global_matching=global_matching), quiet=True)
     if ground_truth_history:
         session.truth = seq.ground_truth()
-    gt0 = seq.masks[0]
+    run = session.run({0: seq.masks[0]})
     start = time.perf_counter()
-    labels = drive(session.run({0: gt0}), quiet=True)
+    propagating = None
+    while True:
+        try:
+            step = next(run)
+        except StopIteration as stop:
+            labels = stop.value
+            break
+        if propagating is None and step.stage == "propagation":
+            _sync(device)
+            propagating = time.perf_counter()
     _sync(device)
-    return session, labels, (time.perf_counter() - start) / (len(labels) - 1)
+    return session, labels, (time.perf_counter() - propagating) / (len(labels) - 1), propagating - start
 
 
 def fast_vs_dense(session: TVOSSession, frames: list[int], device: str) -> dict:
@@ -108,11 +119,12 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
     names = held_out(data, names)
     results, timing = {}, {}
     for variant, (head, global_matching) in VARIANTS.items():
-        scores, per_frame, matched = {}, [], np.zeros(2)
+        scores, per_frame, finetune, matched = {}, [], [], np.zeros(2)
         for name in names:
             seq = read_sequence(data / name)
-            session, labels, seconds = segment_sequence(seq, head, device, global_matching)
+            session, labels, seconds, tuning = segment_sequence(seq, head, device, global_matching)
             per_frame.append(seconds)
+            finetune.append(tuning)
             matched += session.match_counts
             scores[name] = evaluate_sequence(list(labels), seq.ground_truth())
             print(f"{variant} {name}: J&F {summarize({name: scores[name]})['global']['J&F-Mean']:.3f}, "
@@ -124,25 +136,26 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
                 if torch.cuda.is_available() and not device.startswith("cuda"):
                     timing["cuda"] = fast_vs_dense(session, frames, "cuda")
         results[variant] = {"report": summarize(scores), "s_per_frame_median": statistics.median(per_frame),
+                            "finetune_s_median": statistics.median(finetune),
                             "matched_share": matched[0] / max(matched[1], 1)}
 
     no_drift = {}
     for name in names:
         seq = read_sequence(data / name)
-        _, labels, _ = segment_sequence(seq, "default", device, ground_truth_history=True)
+        _, labels, _, _ = segment_sequence(seq, "default", device, ground_truth_history=True)
         no_drift[name] = evaluate_sequence(list(labels), seq.ground_truth())
     print(f"ground-truth history: J&F {summarize(no_drift)['global']['J&F-Mean']:.3f}", file=sys.stderr)
 
     cell_result = None
     if cells is not None:
         seq = read_sequence(cells)
-        session, labels, seconds = segment_sequence(seq, "default", device)
+        session, labels, seconds, tuning = segment_sequence(seq, "default", device)
         gt0, foreground = cells_of_frame0(seq)
         cell_result = {"name": seq.name, "objects_frame0": int(len(np.unique(gt0[0])) - 1),
                        "objects of frame 0": summarize({seq.name: evaluate_sequence(list(labels), gt0)})["global"],
                        "cells vs background": summarize({seq.name: evaluate_sequence(
                            list((labels > 0).astype(np.uint8)), foreground)})["global"],
-                       "s_per_frame": seconds, "grid": list(session.grid)}
+                       "s_per_frame": seconds, "finetune_s": tuning, "grid": list(session.grid)}
         print(f"cells {seq.name}: J&F {cell_result['objects of frame 0']['J&F-Mean']:.3f}", file=sys.stderr)
 
     payload = {"benchmark": "tvos", "data": str(data), "sequences": names, "cells": str(cells) if cells else None,
@@ -161,19 +174,22 @@ def _markdown(p: dict) -> str:
              f"Held-out sequences: {', '.join(p['sequences'])}. Mask of frame 0, 9 reference frames of the "
              "last 40 (4 recent, sigma 8; 5 distant, sigma 21) plus the annotated frame, guided-filter "
              f"upsampling; global matching: the propagated labels blended with PML's k = 5 vote over the "
-             f"annotated mask (lambda = {GLOBAL_MATCHING}) in the cells where it can change the label; DAVIS "
+             f"annotated mask (lambda = {GLOBAL_MATCHING}) in the cells where it can change the label, the PML "
+             f"head first fine-tuned on that mask ({FINETUNE_STEPS} steps; raw features: no fine-tuning); DAVIS "
              f"protocol (first and last frames excluded). Device `{p['device']}`, {p['threads']} "
              "torch threads; times exclude the backbone (embeddings cached). Per frame: head, propagation and "
              f"upsampling. Peak RSS {p['peak_rss_mib_fast']:.0f} MiB before the dense reference runs "
              f"({p['peak_rss_mib']:.0f} MiB at the end, after it and the raw features). 1-minute load average "
              f"{p['load_average_start'][0]:.1f} at the start, {p['load_average'][0]:.1f} at the end, on "
              f"{p['machine']['cores']} cores.", "",
-             "| embedding | J&F | J mean | J recall | F mean | F recall | s / frame | cells matched globally |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| embedding | J&F | J mean | J recall | F mean | F recall | s / frame | fine-tuning s "
+             "| cells matched globally |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for variant, r in p["results"].items():
         g = r["report"]["global"]
         lines.append(f"| {variant} | {100 * g['J&F-Mean']:.1f} | {100 * g['J-Mean']:.1f} | {100 * g['J-Recall']:.1f} "
                      f"| {100 * g['F-Mean']:.1f} | {100 * g['F-Recall']:.1f} | {r['s_per_frame_median']:.3f} "
+                     f"| {r['finetune_s_median']:.1f} "
                      f"| {100 * r['matched_share']:.1f} % |")
     lines += ["", f"Per sequence (J&F, {' / '.join(p['results'])}):", ""]
     for name in p["sequences"]:
@@ -202,7 +218,7 @@ def _markdown(p: dict) -> str:
         f0, fg = c["objects of frame 0"], c["cells vs background"]
         lines += ["", f"Cell Tracking Challenge {c['name']} ({p['cells']}, grid {c['grid'][0]} x {c['grid'][1]}): "
                   f"the {c['objects_frame0']} cells of frame 0 propagated together, trained head, "
-                  f"{c['s_per_frame']:.3f} s / frame. J&F {100 * f0['J&F-Mean']:.1f} (J {100 * f0['J-Mean']:.1f}, "
+                  f"{c['s_per_frame']:.3f} s / frame after {c['finetune_s']:.1f} s of fine-tuning. J&F {100 * f0['J&F-Mean']:.1f} (J {100 * f0['J-Mean']:.1f}, "
                   f"F {100 * f0['F-Mean']:.1f}) per cell of frame 0, each against its own id (a cell that "
                   f"divides ends its id in the ground truth); cells versus background J&F "
                   f"{100 * fg['J&F-Mean']:.1f} (J {100 * fg['J-Mean']:.1f})."]

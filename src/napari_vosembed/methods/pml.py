@@ -287,6 +287,11 @@ class PMLSession:
         tuned.finetune_history = history
         return tuned
 
+    @property
+    def finetunable(self) -> bool:
+        """Whether `finetuned` can learn here: a trained head, and masks holding an object and background."""
+        return self.head is not None and len(np.unique(self._mask_cells()[1])) > 1
+
     def _mask_cells(self) -> tuple[list[int], np.ndarray]:
         """The frames with a painted mask, and the majority label of every cell of them, frame after frame."""
         frames = list(self.prompts.masks)
@@ -312,7 +317,8 @@ class PMLSession:
         """
         check_adaptation(adapt_per_frame, adapt_window)
         self._check_pool()
-        if finetune_steps and self.head is not None and len(np.unique(self._mask_cells()[1])) > 1:
+        check_finetune_steps(finetune_steps)
+        if finetune_steps and self.finetunable:
             tuned = yield from self.finetuned(finetune_steps)
             return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0))
         n = len(self.video)
@@ -334,6 +340,12 @@ class PMLSession:
                 yield Progress(done, n, "retrieval")
             self.drop_adapted(adapted)
         return labels
+
+
+def check_finetune_steps(steps: int) -> None:
+    """Fine-tuning runs 0 steps (off) or more: refuse a negative count, naming it."""
+    if steps < 0:
+        raise MethodError(f"finetune_steps must be 0 (off) or more, not {steps}")
 
 
 def check_adaptation(adapt_per_frame: int, adapt_window: int) -> None:
@@ -380,8 +392,7 @@ class PML(Method):
 
         def __post_init__(self):
             check_adaptation(self.adapt_per_frame, self.adapt_window)
-            if self.finetune_steps < 0:
-                raise MethodError(f"finetune_steps must be 0 (off) or more, not {self.finetune_steps}")
+            check_finetune_steps(self.finetune_steps)
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
         p = self.params

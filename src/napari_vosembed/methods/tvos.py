@@ -46,7 +46,7 @@ from ..errors import MethodError, PromptError, VosEmbedError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
-from .pml import ADAPT_WINDOW, PMLSession
+from .pml import ADAPT_WINDOW, FINETUNE_STEPS, PMLSession, check_finetune_steps
 
 #: The trained head that ships with the package (model card: docs/tvos.md).
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "tvos_head.pt"
@@ -269,18 +269,22 @@ class TVOSSession:
     every frame to the annotated frames with weight `global_matching` (lambda; 0: the paper).
     adapt_matcher: the matcher's references grow by PML's online adaptation (`PMLSession.adapt`)
     with the cells each propagated frame labels with probability `ADAPT_CONFIDENCE` or more.
+    finetune_steps: the matcher's head is first fine-tuned on the masks (`PMLSession.finetuned`,
+    as PML does before segmenting; 0: off).
     """
 
     def __init__(self, video, embeddings: Embeddings, head: TVOSHead | None, device: torch.device,
                  temperature: float | None = None, fast: bool = True, keep_annotated: bool = True,
                  refine: bool = True, matcher: PMLSession | None = None, global_matching: float = GLOBAL_MATCHING,
-                 adapt_matcher: bool = False):
+                 adapt_matcher: bool = False, finetune_steps: int = FINETUNE_STEPS):
         if matcher is not None and matcher.grid != embeddings.grid_shape:
             raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
                                 f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
                                 "differ: use heads trained with the same settings, or global_matching=0")
         check_global_matching(global_matching, adapt_matcher)
+        check_finetune_steps(finetune_steps)
         self.matcher = matcher if global_matching > 0 else None
+        self.finetune_steps = finetune_steps
         self.global_matching = global_matching
         self.adapt_matcher = adapt_matcher
         self._global: PMLSession | None = None
@@ -368,9 +372,10 @@ class TVOSSession:
             refs += [(a, SIGMA_DISTANT) for a in annotated if a not in {r for r, _ in refs}]
         return refs
 
-    def _start(self, masks: dict[int, np.ndarray]) -> np.ndarray:
-        """Soft grid labels of the annotated frames (`self.labels`, K = `self.values`); returns the
-        output volume holding their masks."""
+    def _start(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
+        """Soft grid labels of the annotated frames (`self.labels`, K = `self.values`) and the global
+        matcher over their masks (fine-tuned on them, yielding its progress); returns the output
+        volume holding the masks."""
         if not masks:
             raise PromptError("TVOS propagates masks: paint a mask (or run PML) on at least one frame first")
         values = np.union1d(np.unique(np.concatenate([np.unique(m) for m in masks.values()])), [0])
@@ -379,7 +384,11 @@ class TVOSSession:
         self.values = values
         self.labels = {t: torch.from_numpy(cell_shares(m, values, self.grid, self.stride)).to(self.device)
                        for t, m in masks.items()}
-        self._global = None if self.matcher is None else self.matcher.with_prompts(Prompts(masks=dict(masks)))
+        self._global = None
+        if self.matcher is not None:
+            self._global = self.matcher.with_prompts(Prompts(masks=dict(masks)))
+            if self.finetune_steps and self._global.finetunable:
+                self._global = yield from self._global.finetuned(self.finetune_steps)
         out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
         for t, m in masks.items():
             out[t] = m
@@ -417,9 +426,10 @@ class TVOSSession:
         From the first annotated frame forward to the end, then backward to frame 0. `self.labels`
         then holds every frame's grid labels ((h*w, K): soft for annotated frames, one-hot for
         predicted ones; K = `self.values`)."""
-        out = self._start(masks)
+        out = yield from self._start(masks)
         n, first = len(self.video), min(masks)
         progress = [len(masks), n]
+        yield Progress(*progress, "propagation")
         yield from self._pass(out, masks, first, 1, n, progress)
         yield from self._pass(out, masks, first, -1, -1, progress)
         return out
@@ -432,7 +442,7 @@ class TVOSSession:
             raise PromptError(f"TVOS propagates from frame {start}, which has no annotation: paint a mask or click "
                               f"the objects there" + (f" (annotated frames: {', '.join(map(str, sorted(masks)))})"
                                                       if masks else ""))
-        out = self._start(masks)
+        out = yield from self._start(masks)
         n = len(self.video)
         stop = n if direction > 0 else -1
         inside = [t for t in masks if (t - start) * direction >= 0]
@@ -491,9 +501,14 @@ class TVOS(Method):
         adapt_matcher: bool = field(default=False, metadata={
             "advanced": True, "help": "the match to the annotated frames also draws on confidently propagated "
                                       f"pixels of the last {ADAPT_WINDOW} frames (PML's online adaptation)"})
+        finetune_steps: int = field(default=FINETUNE_STEPS, metadata={
+            "advanced": True, "widget": {"min": 0, "max": 10_000},
+            "help": "fine-tune the head of the match to the annotated frames on the painted masks for this many "
+                    "steps before propagating (0: off; as PML's fine-tuning)"})
 
         def __post_init__(self):
             check_global_matching(self.global_matching, self.adapt_matcher)
+            check_finetune_steps(self.finetune_steps)
 
     def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
         p = self.params
@@ -502,7 +517,8 @@ class TVOS(Method):
             raise PromptError("TVOS propagates masks: paint a mask, or click the objects, on at least one frame")
         session = yield from TVOSSession.open(video, head, self.device, temperature=p.temperature, fast=p.fast,
                                               keep_annotated=p.keep_annotated, refine=p.refine,
-                                              global_matching=p.global_matching, adapt_matcher=p.adapt_matcher)
+                                              global_matching=p.global_matching, adapt_matcher=p.adapt_matcher,
+                                              finetune_steps=p.finetune_steps)
         masks = yield from seed_masks(video, prompts, self.device, None if head is None else "default",
                                       session.embeddings.settings, session.matcher)
         return session, masks
