@@ -348,7 +348,8 @@ def test_an_adapted_matcher_takes_the_confident_cells_of_the_last_five_frames_an
 
 def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
     """A trained matcher head is first fine-tuned on the annotated masks (progress "training"),
-    as a copy: the matcher and its head stay as they were; 0 steps, or raw features, skip it."""
+    as a copy: the matcher and its head stay as they were; 0 steps (the default), or raw features,
+    skip it."""
     frames, masks = scene(n=5, squares=((RED, 12, 20), (GREEN, 36, 50)))
     video, emb = as_video(frames), colour_embeddings(frames)
     torch.manual_seed(0)
@@ -373,12 +374,15 @@ def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
     assert len(matcher.pool) == 0
     for obj in (1, 2):
         assert min(db_eval_iou(masks[t] == obj, labels[t] == obj) for t in range(1, 5)) > 0.8
-    untuned = TVOSSession(video, emb, None, torch.device("cpu"), finetune_steps=0, **options)
+    untuned = TVOSSession(video, emb, None, torch.device("cpu"), **options)
     assert "training" not in run(untuned)[0] and untuned._global.head is head
     raw = session(frames, global_matching=0.3)  # raw features: nothing to fine-tune
     assert "training" not in run(raw)[0]
     with pytest.raises(MethodError, match="finetune_steps must be 0 \\(off\\) or more, not -2"):
         TVOS.Params(finetune_steps=-2)
+    with pytest.raises(MethodError, match="finetune_steps changes the global matcher, which global_matching=0 turns "
+                                          "off: set global_matching above 0, or finetune_steps 0"):
+        TVOS.Params(global_matching=0, finetune_steps=10)
 
 
 def test_the_session_opens_its_pml_matcher_on_the_same_grid():
@@ -394,8 +398,8 @@ def test_the_session_opens_its_pml_matcher_on_the_same_grid():
         session(frames, global_matching=1.5)
     with pytest.raises(MethodError, match=r"global_matching must lie in \[0, 1\], not -0.1"):
         segment(frames, Prompts().add_point(0, 20, 30, 1), method="tvos", device="cpu", global_matching=-0.1)
-    with pytest.raises(MethodError, match="adapt_matcher grows the global matcher, which global_matching=0 turns off"):
+    with pytest.raises(MethodError, match="adapt_matcher changes the global matcher, which global_matching=0 turns off"):
         segment(frames, Prompts().add_point(0, 20, 30, 1), method="tvos", device="cpu", global_matching=0,
                 adapt_matcher=True)
-    with pytest.raises(MethodError, match="adapt_matcher grows the global matcher"):
+    with pytest.raises(MethodError, match="adapt_matcher changes the global matcher"):
         session(frames, global_matching=0, adapt_matcher=True)

@@ -27,10 +27,12 @@ from ..metrics import evaluate_sequence, summarize
 from ..progress import drive
 from .pml import held_out
 
-#: name -> (head, global_matching): the default, the paper's propagation alone, the raw features.
-VARIANTS = {"trained head, global matching": ("default", GLOBAL_MATCHING),
-            "trained head, propagation only (the paper)": ("default", 0.0),
-            "raw ISNet features, global matching": (None, GLOBAL_MATCHING)}
+#: name -> (head, global_matching, finetune_steps): the default, with the matcher's head fine-tuned
+#: as PML's, the paper's propagation alone, the raw features.
+VARIANTS = {"trained head, global matching": ("default", GLOBAL_MATCHING, 0),
+            "trained head, global matching, fine-tuned matcher": ("default", GLOBAL_MATCHING, FINETUNE_STEPS),
+            "trained head, propagation only (the paper)": ("default", 0.0, 0),
+            "raw ISNet features, global matching": (None, GLOBAL_MATCHING, 0)}
 
 
 def _sync(device: str) -> None:
@@ -49,14 +51,15 @@ class GroundTruthHistory(TVOSSession):
         return torch.from_numpy(cell_shares(self.truth[t], self.values, self.grid, self.stride)).to(scores)
 
 
-def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MATCHING,
+def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MATCHING, finetune_steps: int = 0,
                      ground_truth_history: bool = False) -> tuple[TVOSSession, np.ndarray, float, float]:
     """Propagate the mask of frame 0 through `seq`; returns the session, the labels, the seconds
     per propagated frame (embeddings cached beforehand, so no backbone time) and the seconds the
     matcher's fine-tuning took before (everything until the first "propagation" progress).
     `ground_truth_history`: a `GroundTruthHistory` session."""
     cls = GroundTruthHistory if ground_truth_history else TVOSSession
-    session = drive(cls.open(seq.video, head, device, global_matching=global_matching), quiet=True)
+    session = drive(cls.open(seq.video, head, device, global_matching=global_matching,
+                             finetune_steps=finetune_steps), quiet=True)
     if ground_truth_history:
         session.truth = seq.ground_truth()
     run = session.run({0: seq.masks[0]})
@@ -118,11 +121,12 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
     load_start = os.getloadavg()
     names = held_out(data, names)
     results, timing = {}, {}
-    for variant, (head, global_matching) in VARIANTS.items():
+    for variant, (head, global_matching, finetune_steps) in VARIANTS.items():
         scores, per_frame, finetune, matched = {}, [], [], np.zeros(2)
         for name in names:
             seq = read_sequence(data / name)
-            session, labels, seconds, tuning = segment_sequence(seq, head, device, global_matching)
+            session, labels, seconds, tuning = segment_sequence(seq, head, device, global_matching,
+                                                                finetune_steps)
             per_frame.append(seconds)
             finetune.append(tuning)
             matched += session.match_counts
@@ -174,8 +178,9 @@ def _markdown(p: dict) -> str:
              f"Held-out sequences: {', '.join(p['sequences'])}. Mask of frame 0, 9 reference frames of the "
              "last 40 (4 recent, sigma 8; 5 distant, sigma 21) plus the annotated frame, guided-filter "
              f"upsampling; global matching: the propagated labels blended with PML's k = 5 vote over the "
-             f"annotated mask (lambda = {GLOBAL_MATCHING}) in the cells where it can change the label, the PML "
-             f"head first fine-tuned on that mask ({FINETUNE_STEPS} steps; raw features: no fine-tuning); DAVIS "
+             f"annotated mask (lambda = {GLOBAL_MATCHING}) in the cells where it can change the label (with a "
+             f"*fine-tuned matcher*, a copy of the PML head is first fine-tuned on that mask, {FINETUNE_STEPS} "
+             "steps, as PML does); DAVIS "
              f"protocol (first and last frames excluded). Device `{p['device']}`, {p['threads']} "
              "torch threads; times exclude the backbone (embeddings cached). Per frame: head, propagation and "
              f"upsampling. Peak RSS {p['peak_rss_mib_fast']:.0f} MiB before the dense reference runs "

@@ -249,13 +249,17 @@ def propagate(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, sig
     return out[:h, :w].reshape(n, -1)
 
 
-def check_global_matching(value: float, adapt_matcher: bool = False) -> None:
-    """lambda is a weight: refuse anything outside [0, 1], naming it; an adapted matcher needs lambda > 0."""
+def check_global_matching(value: float, adapt_matcher: bool = False, finetune_steps: int = 0) -> None:
+    """lambda is a weight: refuse anything outside [0, 1], naming it; an adapted or fine-tuned
+    matcher needs lambda > 0; fine-tuning takes 0 steps or more."""
     if not 0 <= value <= 1:
         raise MethodError(f"global_matching must lie in [0, 1], not {value}")
-    if adapt_matcher and value == 0:
-        raise MethodError("adapt_matcher grows the global matcher, which global_matching=0 turns off: "
-                          "set global_matching above 0, or adapt_matcher off")
+    check_finetune_steps(finetune_steps)
+    for option, what, off in (("adapt_matcher", adapt_matcher, "adapt_matcher off"),
+                              ("finetune_steps", finetune_steps > 0, "finetune_steps 0")):
+        if what and value == 0:
+            raise MethodError(f"{option} changes the global matcher, which global_matching=0 turns off: "
+                              f"set global_matching above 0, or {off}")
 
 
 class TVOSSession:
@@ -269,20 +273,19 @@ class TVOSSession:
     every frame to the annotated frames with weight `global_matching` (lambda; 0: the paper).
     adapt_matcher: the matcher's references grow by PML's online adaptation (`PMLSession.adapt`)
     with the cells each propagated frame labels with probability `ADAPT_CONFIDENCE` or more.
-    finetune_steps: the matcher's head is first fine-tuned on the masks (`PMLSession.finetuned`,
-    as PML does before segmenting; 0: off).
+    finetune_steps: the matcher's head is first fine-tuned on the masks for this many steps
+    (`PMLSession.finetuned`, as PML does before segmenting; 0, the default: off, docs/tvos.md).
     """
 
     def __init__(self, video, embeddings: Embeddings, head: TVOSHead | None, device: torch.device,
                  temperature: float | None = None, fast: bool = True, keep_annotated: bool = True,
                  refine: bool = True, matcher: PMLSession | None = None, global_matching: float = GLOBAL_MATCHING,
-                 adapt_matcher: bool = False, finetune_steps: int = FINETUNE_STEPS):
+                 adapt_matcher: bool = False, finetune_steps: int = 0):
         if matcher is not None and matcher.grid != embeddings.grid_shape:
             raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
                                 f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
                                 "differ: use heads trained with the same settings, or global_matching=0")
-        check_global_matching(global_matching, adapt_matcher)
-        check_finetune_steps(finetune_steps)
+        check_global_matching(global_matching, adapt_matcher, finetune_steps)
         self.matcher = matcher if global_matching > 0 else None
         self.finetune_steps = finetune_steps
         self.global_matching = global_matching
@@ -501,14 +504,13 @@ class TVOS(Method):
         adapt_matcher: bool = field(default=False, metadata={
             "advanced": True, "help": "the match to the annotated frames also draws on confidently propagated "
                                       f"pixels of the last {ADAPT_WINDOW} frames (PML's online adaptation)"})
-        finetune_steps: int = field(default=FINETUNE_STEPS, metadata={
+        finetune_steps: int = field(default=0, metadata={
             "advanced": True, "widget": {"min": 0, "max": 10_000},
             "help": "fine-tune the head of the match to the annotated frames on the painted masks for this many "
-                    "steps before propagating (0: off; as PML's fine-tuning)"})
+                    f"steps before propagating, as PML does (0: off; PML's default is {FINETUNE_STEPS})"})
 
         def __post_init__(self):
-            check_global_matching(self.global_matching, self.adapt_matcher)
-            check_finetune_steps(self.finetune_steps)
+            check_global_matching(self.global_matching, self.adapt_matcher, self.finetune_steps)
 
     def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
         p = self.params
