@@ -357,7 +357,7 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     w.method.value = "tvos"
     assert w.forward_button.enabled and w.backward_button.enabled
     assert set(w.params()) == {"head", "temperature", "fast", "keep_annotated", "refine", "global_matching",
-                               "adapt_matcher"}
+                               "adapt_matcher", "finetune_steps"}
     lam = next(p for p in w._param_widgets if p.name == "global_matching")
     assert (lam.value, lam.min, lam.max, lam.step) == (GLOBAL_MATCHING, 0.0, 1.0, 0.05)
     masks = w.add_mask_layer()

@@ -84,6 +84,35 @@ def test_a_lone_object_click_still_wins_its_region_among_background_clicks(tmp_p
     assert s.k == 1
 
 
+def test_segmenting_all_frames_from_clicks_alone_gives_the_previews_labels(tmp_path):
+    """Online adaptation needs masks, boxes or scribbles: from clicks alone the pool stays the
+    clicks and every frame gets `predict_frame`'s labels (with adaptation, k = 5 gave every object
+    cell to the six background clicks, and adapted background cells buried the object click)."""
+    frames, masks = scene()
+    s = colour_session(frames, tmp_path)
+    prompts = Prompts().add_point(0, 30, 20, 1)
+    for y, x in ((5, 80), (55, 5), (5, 5), (55, 90), (5, 45), (58, 50)):
+        prompts.add_point(0, y, x, 0)
+    s.add_prompts(prompts)
+    assert (len(s.pool), s.k) == (7, 1)
+
+    def pool_sizes():
+        run, sizes = s.predict_all(online_adaptation=True), []
+        with pytest.raises(StopIteration) as done:
+            while True:
+                next(run)
+                sizes.append(len(s.pool))
+        return sizes, done.value.value
+
+    sizes, labels = pool_sizes()
+    assert set(sizes) == {7}
+    for t in range(len(frames)):
+        assert np.array_equal(labels[t], s.predict_frame(t))
+        assert db_eval_iou(masks[t] == 1, labels[t] == 1) > 0.9
+    s.add_prompts(Prompts().add_mask(2, masks[2]))  # a mask: the pool grows while segmenting
+    assert s.k == 5 and max(pool_sizes()[0]) > len(s.pool)
+
+
 def test_objects_keep_their_own_labels():
     frames, masks = scene(squares=((RED, 4), (GREEN, 56)))
     s = session(frames)

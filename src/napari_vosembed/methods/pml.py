@@ -313,7 +313,10 @@ class PMLSession:
         background alone, beside object clicks, is used as references only. Online adaptation (Sec. 3.2, `adapt`):
         walking away from the first annotated frame (forward, then backward), the cells of a frame
         whose k = 5 neighbours all agree join the pool; at most `adapt_per_frame` per frame, kept
-        for the last `adapt_window` frames, so the pool and the cost per frame stay bounded.
+        for the last `adapt_window` frames, so the pool and the cost per frame stay bounded. Only
+        with masks, boxes or scribbles among the prompts: from clicks alone the frames get the
+        labels `predict_frame` gives them (adapted cells, nearly all background, would bury the
+        few object clicks; docs/pml.md).
         """
         check_adaptation(adapt_per_frame, adapt_window)
         self._check_pool()
@@ -326,13 +329,13 @@ class PMLSession:
         labels = np.zeros((n, *self.frame_shape), np.uint8 if self.pool.label_values.max() < 256 else np.int32)
         rng = np.random.default_rng(0)
         done = 0
+        adapting = online_adaptation and self._has_dense
         for order in (range(start, n), range(start - 1, -1, -1)):
             adapted: list[int] = []
             for t in order:
-                k = self.k_mask if online_adaptation else self.k
-                scores, values, unanimous = self.frame_scores(t, k)
+                scores, values, unanimous = self.frame_scores(t)
                 labels[t] = self.to_labels(t, scores, values)
-                if online_adaptation and t not in self.prompts.frames:
+                if adapting and t not in self.prompts.frames:
                     cells = np.flatnonzero(unanimous)
                     self.adapt(t, cells, values[scores.reshape(-1, len(values))[cells].argmax(1)], adapted, rng,
                                adapt_per_frame, adapt_window)
@@ -370,7 +373,8 @@ class PML(Method):
                     "backbone features) or the path of a .pt head"})
         online_adaptation: bool = field(default=True, metadata={
             "help": "add confidently labelled pixels of each frame to the references while segmenting all "
-                    "frames (follows objects that change appearance)"})
+                    "frames (follows objects that change appearance); with a mask, box or scribble, not from "
+                    "clicks alone"})
         adapt_per_frame: int = field(default=ADAPT_PER_FRAME, metadata={
             "advanced": True, "widget": {"min": 1, "max": 100_000},
             "help": "online adaptation: at most this many confident pixels (grid cells) of each frame join the "
