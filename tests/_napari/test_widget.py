@@ -162,23 +162,36 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
     assert (settings["adapt_per_frame"].value, settings["adapt_window"].value) == (ADAPT_PER_FRAME, ADAPT_WINDOW)
     assert settings["finetune_steps"].value == FINETUNE_STEPS
     settings["adapt_per_frame"].value, settings["adapt_window"].value, settings["finetune_steps"].value = 30, 2, 3
-    calls = []
-    predict_all = PMLSession.predict_all
+    calls, tunings = [], []
+    predict_all, finetuned = PMLSession.predict_all, PMLSession.finetuned
 
     def recording(session, *args, **kwargs):
         calls.append((args or kwargs, [step for step, _ in session.finetune_history]))
         return predict_all(session, *args, **kwargs)
 
+    def tuning(session, steps):
+        tunings.append(steps)
+        return finetuned(session, steps)
+
     monkeypatch.setattr(PMLSession, "predict_all", recording)
+    monkeypatch.setattr(PMLSession, "finetuned", tuning)
     masks = w.add_mask_layer()
     ys, xs = np.nonzero(clip.masks[FRAME])
     masks.data_setitem((np.full(len(ys), FRAME), ys, xs), 1)
     qtbot.wait(20)
     w.segment_button.clicked.emit()
     # the dock's session fine-tunes its head for 3 steps, then segments with the tuned head
-    assert calls == [({"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2, "finetune_steps": 3}, []),
-                     ((True, 30, 2, 0), [3])]
+    segmented = ({"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2, "finetune_steps": 0}, [3])
+    assert tunings == [3] and calls == [segmented]
     assert clip.J(frames=[FRAME]) > 0.3
+    # a click beside the same mask: the tuned head is reused, by Segment all frames and the live view
+    w.add_points_layer().add([FRAME, 5, 5])
+    w.segment_button.clicked.emit()
+    assert tunings == [3] and calls == [segmented] * 2
+    assert [step for step, _ in w.session_for(w.prompts(clip.image)).finetune_history] == [3]
+    masks.data_setitem((np.array([FRAME]), np.array([0]), np.array([0])), 1)  # the mask changed: tuned again
+    w.segment_button.clicked.emit()
+    assert tunings == [3, 3] and len(calls) == 3
 
 
 def test_segment_all_without_prompts_says_so_instead_of_raising(clip):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_vosembed.errors import VosEmbedError
-from napari_vosembed.engine.cache import EmbeddingSettings, cache_usage, embed_video
+from napari_vosembed.engine.cache import EmbeddingSettings, _publish, cache_usage, embed_video
 from napari_vosembed.progress import drive
 
 TINY = EmbeddingSettings(backbone="tiny", scale=1.0, levels=(4, 8), saliency_stride=2)
@@ -51,6 +51,21 @@ def test_cancelled_work_resumes_where_it_stopped():
     assert resumed.computed == 4 and resumed.complete
     fresh = drive(embed_video(video, TINY, device="cpu", batch_size=6), quiet=True)
     assert fresh.computed == 0
+
+
+def test_an_entry_another_process_published_first_is_kept(tmp_path):
+    """Two processes embedding one video (a viewer and the CLI): the one that publishes its new
+    entry second drops its own and fills the other's; any other failure to publish is raised."""
+    video = _video()
+    first = drive(embed_video(video, TINY, device="cpu"), quiet=True)
+    mine = first.path.with_name(first.path.name + ".partial-99")
+    mine.mkdir()
+    (mine / "meta.json").write_text("{}")
+    _publish(mine, first.path)
+    assert not mine.exists() and (first.path / "meta.json").read_text() != "{}"
+    assert drive(embed_video(video, TINY, device="cpu"), quiet=True).computed == 0
+    with pytest.raises(OSError):
+        _publish(tmp_path / "gone.partial-1", tmp_path / "entry")
 
 
 def test_scale_halves_the_grid():

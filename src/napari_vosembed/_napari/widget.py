@@ -11,6 +11,7 @@ with napari progress bars and can be cancelled; errors become notifications.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
 import typing
 from pathlib import Path
@@ -94,6 +95,8 @@ class SegmentWidget(QWidget):
         self._session_key = None
         self._session_job: Job | None = None
         self._after_session: list = []
+        #: (key, session): the session whose head was fine-tuned on the masks of `key` (`_tuned_key`)
+        self._tuned: tuple | None = None
         self._run_job: Job | None = None
         self._live_job: Job | None = None
         self._live_pending = False
@@ -601,6 +604,7 @@ class SegmentWidget(QWidget):
         self._session_key = None
         self._session_job = None
         self._after_session = []
+        self._tuned = None
 
     def with_session(self, image, then) -> None:
         """Call `then(session)` with the PML session of `image`, opening it (embedding the video,
@@ -645,10 +649,33 @@ class SegmentWidget(QWidget):
 
     def session_for(self, prompts: Prompts):
         """A view of the open session with exactly `prompts` as its references (its own pool;
-        embeddings shared), the current k / refine parameters applied."""
+        embeddings shared), the current k / refine parameters applied; once its head has been
+        fine-tuned on the masks of `prompts` (Segment all frames), a view of the tuned session."""
         params = self.params()
-        return self._session.with_prompts(prompts, **{k: params[k] for k in ("k_mask", "k_click", "refine")
-                                                       if k in params})
+        base = self._session
+        if self._tuned is not None and self._tuned[0] == self._tuned_key(prompts):
+            base = self._tuned[1]
+        return base.with_prompts(prompts, **{k: params[k] for k in ("k_mask", "k_click", "refine") if k in params})
+
+    def _tuned_key(self, prompts: Prompts) -> tuple:
+        """What a fine-tuned head depends on: the session, the number of steps and the masks."""
+        digest = hashlib.blake2b(digest_size=16)
+        for t in sorted(prompts.masks):
+            mask = np.ascontiguousarray(prompts.masks[t])
+            digest.update(repr((t, mask.shape, str(mask.dtype))).encode())
+            digest.update(mask.tobytes())
+        return self._session_key, self.params().get("finetune_steps", 0), digest.hexdigest()
+
+    def _segment_view(self, view, key: tuple, adaptation: dict):
+        """Label every frame with `view` (`predict_all`), its head first fine-tuned for `key`'s steps
+        on the masks unless an earlier run tuned it on the same ones (`session_for` then gave the
+        tuned view); the tuned session is kept for later runs and the live updates."""
+        steps = key[1]
+        if steps and view.finetunable and not view.finetune_history:
+            view = yield from view.finetuned(steps)
+            if key[0] == self._session_key:
+                self._tuned = (key, view)
+        return (yield from view.predict_all(**adaptation, finetune_steps=0))
 
     # -- live updates ------------------------------------------------------------------------------
     def _live_enabled(self) -> bool:
@@ -769,9 +796,10 @@ class SegmentWidget(QWidget):
         if cls.name in LIVE_METHODS:
             def run(session):
                 view = self.session_for(prompts)
-                adaptation = {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window",
-                                                     "finetune_steps") if k in params}
-                self._start_run(lambda: view.predict_all(**adaptation), f"{cls.name} on all frames", write)
+                adaptation = {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window")
+                              if k in params}
+                key = self._tuned_key(prompts)
+                self._start_run(lambda: self._segment_view(view, key, adaptation), f"{cls.name} on all frames", write)
 
             self.with_session(image, run)
             return

@@ -153,13 +153,13 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
     cell_result = None
     if cells is not None:
         seq = read_sequence(cells)
-        session, labels, seconds, tuning = segment_sequence(seq, "default", device)
+        session, labels, seconds, _ = segment_sequence(seq, "default", device)
         gt0, foreground = cells_of_frame0(seq)
         cell_result = {"name": seq.name, "objects_frame0": int(len(np.unique(gt0[0])) - 1),
                        "objects of frame 0": summarize({seq.name: evaluate_sequence(list(labels), gt0)})["global"],
                        "cells vs background": summarize({seq.name: evaluate_sequence(
                            list((labels > 0).astype(np.uint8)), foreground)})["global"],
-                       "s_per_frame": seconds, "finetune_s": tuning, "grid": list(session.grid)}
+                       "s_per_frame": seconds, "grid": list(session.grid)}
         print(f"cells {seq.name}: J&F {cell_result['objects of frame 0']['J&F-Mean']:.3f}", file=sys.stderr)
 
     payload = {"benchmark": "tvos", "data": str(data), "sequences": names, "cells": str(cells) if cells else None,
@@ -223,7 +223,7 @@ def _markdown(p: dict) -> str:
         f0, fg = c["objects of frame 0"], c["cells vs background"]
         lines += ["", f"Cell Tracking Challenge {c['name']} ({p['cells']}, grid {c['grid'][0]} x {c['grid'][1]}): "
                   f"the {c['objects_frame0']} cells of frame 0 propagated together, trained head, "
-                  f"{c['s_per_frame']:.3f} s / frame after {c['finetune_s']:.1f} s of fine-tuning. J&F {100 * f0['J&F-Mean']:.1f} (J {100 * f0['J-Mean']:.1f}, "
+                  f"{c['s_per_frame']:.3f} s / frame. J&F {100 * f0['J&F-Mean']:.1f} (J {100 * f0['J-Mean']:.1f}, "
                   f"F {100 * f0['F-Mean']:.1f}) per cell of frame 0, each against its own id (a cell that "
                   f"divides ends its id in the ground truth); cells versus background J&F "
                   f"{100 * fg['J&F-Mean']:.1f} (J {100 * fg['J-Mean']:.1f})."]

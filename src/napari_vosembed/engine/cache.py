@@ -221,6 +221,17 @@ def combine_levels(features: dict[int, torch.Tensor], levels: tuple[int, ...]) -
     return torch.cat(maps, 1)
 
 
+def _publish(partial: Path, path: Path) -> None:
+    """Move a new, empty cache entry into place; if another process (a second viewer, the CLI)
+    published the same entry meanwhile, keep that one: both then fill the same frames."""
+    try:
+        partial.rename(path)
+    except OSError:
+        if not (path / "meta.json").exists():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device: str = "auto",
                 batch_size: int = 2) -> Generator[Progress, None, Embeddings]:
     """Compute (or reuse) the embeddings of `video`, yielding `Progress` per batch.
@@ -245,7 +256,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
                 f"the embedding settings ask for {', '.join(map(str, missing))}"
             )
         channels = {level: backbone.feature_channels[level] for level in settings.levels}
-        partial = path.with_name(path.name + ".partial")
+        partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         arrays = _arrays(partial, settings, (n, height, width), channels)
@@ -253,7 +264,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
                 "frame_shape": [height, width], "source": str(getattr(video, "source", "") or "array")}
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))
         del arrays
-        partial.rename(path)
+        _publish(partial, path)
         arrays = _arrays(path, settings, (n, height, width), None)
 
     done = arrays["done"]
