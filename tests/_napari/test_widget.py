@@ -184,7 +184,7 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
     segmented = ({"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2, "finetune_steps": 0}, [3])
     assert tunings == [3] and calls == [segmented]
     assert clip.J(frames=[FRAME]) > 0.3
-    # a click beside the same mask: the tuned head is reused, by Segment all frames and the live view
+    # a click beside the same mask: Segment all frames and `session_for` (the live updates) reuse the tuned head
     w.add_points_layer().add([FRAME, 5, 5])
     w.segment_button.clicked.emit()
     assert tunings == [3] and calls == [segmented] * 2
