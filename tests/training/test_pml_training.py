@@ -6,7 +6,7 @@ import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.errors import MethodError
-from napari_vosembed.training.losses import contrastive, pml_triplet, triplet
+from napari_vosembed.engine.losses import contrastive, pml_triplet, triplet
 from napari_vosembed.training.common import TrainingVideo, davis_split
 from napari_vosembed.training.pml import TrainConfig, train
 from napari_vosembed.progress import drive

@@ -27,7 +27,7 @@ from ..engine.retrieval import ReferencePool
 from ..errors import MethodError, PromptError
 from ..progress import Progress
 from ..prompts import Prompts
-from ..training.losses import pml_triplet
+from ..engine.losses import pml_triplet
 from . import Method, register_method
 
 #: The trained head that ships with the package (see docs/models/pml-head.md).

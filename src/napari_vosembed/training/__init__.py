@@ -1,1 +1,1 @@
-"""Training of the heads we ship: the losses of the papers, their samplers, `vosembed train`."""
+"""Training of the heads we ship: the samplers of the papers (their losses: `engine.losses`), `vosembed train`."""

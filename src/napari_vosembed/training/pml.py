@@ -24,7 +24,7 @@ from ..methods.pml import PMLHead, balanced_anchors, grid_coords
 from ..progress import Progress
 from . import common
 from .common import TrainingVideo
-from .losses import LOSSES
+from ..engine.losses import LOSSES
 
 
 @dataclass
