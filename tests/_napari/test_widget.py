@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from napari_vosembed._napari import layers as L
 from napari_vosembed._napari.widget import SegmentWidget
+from napari_vosembed.engine.refine import STRAY_DISTANCE
 from napari_vosembed.methods.pml import ADAPT_PER_FRAME, ADAPT_WINDOW, FINETUNE_STEPS, PMLSession
 from napari_vosembed.methods.tvos import GLOBAL_MATCHING
 
@@ -30,7 +31,7 @@ def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(cl
     assert isinstance(w, SegmentWidget)
     assert w.image.value is clip.image
     assert w.method.value == "pml" and "pml" in w.method.choices
-    advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "refine", "finetune_steps"}
+    advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "refine", "finetune_steps", "stray_distance"}
     assert set(w.params()) == {"head", "online_adaptation"} | advanced
     assert {widget.name for widget in w._basic} == {"head", "online_adaptation"}
     assert {widget.name for widget in w._advanced} == advanced
@@ -160,8 +161,9 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
     w.instant.value = False
     settings = {p.name: p for p in w._param_widgets}
     assert (settings["adapt_per_frame"].value, settings["adapt_window"].value) == (ADAPT_PER_FRAME, ADAPT_WINDOW)
-    assert settings["finetune_steps"].value == FINETUNE_STEPS
+    assert settings["finetune_steps"].value == FINETUNE_STEPS and settings["stray_distance"].value == STRAY_DISTANCE
     settings["adapt_per_frame"].value, settings["adapt_window"].value, settings["finetune_steps"].value = 30, 2, 3
+    settings["stray_distance"].value = 5
     calls, tunings = [], []
     predict_all, finetuned = PMLSession.predict_all, PMLSession.finetuned
 
@@ -181,7 +183,8 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
     qtbot.wait(20)
     w.segment_button.clicked.emit()
     # the dock's session fine-tunes its head for 3 steps, then segments with the tuned head
-    segmented = ({"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2, "finetune_steps": 0}, [3])
+    segmented = ({"online_adaptation": True, "adapt_per_frame": 30, "adapt_window": 2, "stray_distance": 5,
+                  "finetune_steps": 0}, [3])
     assert tunings == [3] and calls == [segmented]
     assert clip.J(frames=[FRAME]) > 0.3
     # a click beside the same mask: Segment all frames and `session_for` (the live updates) reuse the tuned head
@@ -370,7 +373,7 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     w.method.value = "tvos"
     assert w.forward_button.enabled and w.backward_button.enabled
     assert set(w.params()) == {"head", "temperature", "fast", "keep_annotated", "refine", "global_matching",
-                               "adapt_matcher", "finetune_steps"}
+                               "adapt_matcher", "finetune_steps", "stray_distance"}
     lam = next(p for p in w._param_widgets if p.name == "global_matching")
     assert (lam.value, lam.min, lam.max, lam.step) == (GLOBAL_MATCHING, 0.0, 1.0, 0.05)
     masks = w.add_mask_layer()

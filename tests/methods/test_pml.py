@@ -147,6 +147,22 @@ def test_online_adaptation_grows_the_pool_while_propagating():
     assert len(s.pool) == initial
 
 
+def test_a_look_alike_entering_far_from_the_object_stays_background(tmp_path):
+    frames, masks = scene(n=8, size=(64, 160))
+    look_alike = (200, 60, 40)
+    frames[3:, 20:44, 130:154] = look_alike
+    s = colour_session(frames, tmp_path)
+    s.add_prompts(Prompts().add_mask(0, masks[0]))
+    unchecked = drive(s.predict_all(stray_distance=0), quiet=True)
+    assert (unchecked[3:, 32, 140] == 1).all()
+    labels = drive(s.predict_all(), quiet=True)
+    assert (labels[:, 20:44, 130:154] == 0).all()
+    for t in range(len(frames)):
+        assert db_eval_iou(masks[t] == 1, labels[t] == 1) > 0.8
+    with pytest.raises(MethodError, match="stray_distance must be 0 \\(off\\) or more grid cells, not -1"):
+        PML.Params(stray_distance=-1)
+
+
 @pytest.mark.parametrize("option", ["adapt_per_frame", "adapt_window"])
 def test_adaptation_that_keeps_no_cell_is_refused_naming_the_option(option):
     with pytest.raises(MethodError, match=f"{option} must be at least 1, not 0"):

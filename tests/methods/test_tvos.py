@@ -121,6 +121,19 @@ def test_all_objects_propagate_together():
             assert db_eval_iou(masks[t] == obj, labels[t] == obj) > 0.8
 
 
+def test_a_look_alike_entering_far_from_the_object_stays_background():
+    frames, masks = scene(n=8, size=(64, 160))
+    frames[3:, 12:32, 130:150] = frames[0, 12:32, 12:32]
+    unchecked = drive(session(frames, stray_distance=0).run({0: masks[0]}), quiet=True)
+    assert (unchecked[3:, 22, 140] == 1).any()
+    labels = drive(session(frames).run({0: masks[0]}), quiet=True)
+    assert (labels[:, 12:32, 130:150] == 0).all()
+    for t in range(1, 8):
+        assert db_eval_iou(masks[t] == 1, labels[t] == 1) > 0.8
+    with pytest.raises(MethodError, match="stray_distance must be 0 \\(off\\) or more grid cells, not -2"):
+        TVOS.Params(stray_distance=-2)
+
+
 def test_propagation_runs_forward_and_backward_from_a_middle_frame():
     frames, masks = scene(n=9)
     labels = drive(session(frames).run({4: masks[4]}), quiet=True)

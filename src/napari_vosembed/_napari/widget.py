@@ -666,7 +666,7 @@ class SegmentWidget(QWidget):
             digest.update(mask.tobytes())
         return self._session_key, self.params().get("finetune_steps", 0), digest.hexdigest()
 
-    def _segment_view(self, view, key: tuple, adaptation: dict):
+    def _segment_view(self, view, key: tuple, options: dict):
         """Label every frame with `view` (`predict_all`), its head first fine-tuned for `key`'s steps
         on the masks unless an earlier run tuned it on the same ones (`session_for` then gave the
         tuned view); the tuned session is kept for later runs and the live updates."""
@@ -675,7 +675,7 @@ class SegmentWidget(QWidget):
             view = yield from view.finetuned(steps)
             if key[0] == self._session_key:
                 self._tuned = (key, view)
-        return (yield from view.predict_all(**adaptation, finetune_steps=0))
+        return (yield from view.predict_all(**options, finetune_steps=0))
 
     # -- live updates ------------------------------------------------------------------------------
     def _live_enabled(self) -> bool:
@@ -751,7 +751,8 @@ class SegmentWidget(QWidget):
             self._write(image, labels)
             self._set_status(f"all {len(labels)} frames updated")
 
-        self._live_job = Job(lambda: view.predict_all(online_adaptation=False), "updating all frames",
+        stray = {k: v for k, v in self.params().items() if k == "stray_distance"}
+        self._live_job = Job(lambda: view.predict_all(online_adaptation=False, **stray), "updating all frames",
                              on_result=finished, on_done=lambda job: self._update_state())
         self._live_job.start()
         self._update_state()
@@ -796,10 +797,10 @@ class SegmentWidget(QWidget):
         if cls.name in LIVE_METHODS:
             def run(session):
                 view = self.session_for(prompts)
-                adaptation = {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window")
-                              if k in params}
+                options = {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window",
+                                                  "stray_distance") if k in params}
                 key = self._tuned_key(prompts)
-                self._start_run(lambda: self._segment_view(view, key, adaptation), f"{cls.name} on all frames", write)
+                self._start_run(lambda: self._segment_view(view, key, options), f"{cls.name} on all frames", write)
 
             self.with_session(image, run)
             return

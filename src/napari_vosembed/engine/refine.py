@@ -76,3 +76,35 @@ def refine_frame(video, t: int, scores: np.ndarray, label_values: np.ndarray, st
     `video.intensity_range()`), radius half a grid cell; `intensity` None: plain bilinear."""
     guide = gray_guide(video[t], *intensity) if intensity is not None else None
     return refine_labels(scores, label_values, stride, tuple(video.shape[1:3]), guide, radius=max(1, int(stride) // 2))
+
+
+#: Spatial consistency between consecutive frames: grid cells an object may lie beyond its previous
+#: region (8, the motion prior's sigma for recent frames in TVOS, Zhang et al. 2020, Sec. 3.3; docs/pml.md).
+STRAY_DISTANCE = 8
+
+
+def drop_stray_regions(scores: np.ndarray, previous: np.ndarray, background: int, distance: int) -> np.ndarray:
+    """Spatial consistency with the previous frame (beyond the papers): each object's connected
+    regions (8-connected grid cells where it wins the vote) that come no closer than `distance` cells
+    to its cells in `previous` give their votes to the `background` label; a second, similar object
+    entering the scene then does not take the label. An object whose regions are all that far keeps
+    the one with the largest vote sum (it moved fast); one absent from `previous` is left alone (it
+    may reappear). `scores`: (h, w, K) votes, changed in place; `previous`: (h, w) label indices of
+    the previous frame. Returns the (h, w) mask of the cells given to the background."""
+    winners = scores.argmax(-1)
+    kernel = np.ones((2 * distance + 1, 2 * distance + 1), np.uint8)
+    cleared = np.zeros(winners.shape, bool)
+    for k in range(scores.shape[-1]):
+        if k == background or not (previous == k).any():
+            continue
+        near = cv2.dilate((previous == k).astype(np.uint8), kernel).astype(bool)
+        n, regions = cv2.connectedComponents((winners == k).astype(np.uint8), connectivity=8)
+        stray = [r for r in range(1, n) if not near[regions == r].any()]
+        if stray and len(stray) == n - 1:
+            stray.remove(max(stray, key=lambda r: scores[regions == r, k].sum()))
+        for r in stray:
+            cells = regions == r
+            scores[cells, background] += scores[cells, k]
+            scores[cells, k] = 0
+            cleared |= cells
+    return cleared

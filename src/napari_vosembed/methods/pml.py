@@ -22,7 +22,7 @@ from torch import nn
 
 from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.heads import Head, embed_for_head, fit, project_levels
-from ..engine.refine import refine_frame
+from ..engine.refine import STRAY_DISTANCE, drop_stray_regions, refine_frame
 from ..engine.retrieval import ReferencePool
 from ..errors import MethodError, PromptError
 from ..progress import Progress
@@ -304,8 +304,8 @@ class PMLSession:
             self.pool.remove(adapted.pop())
 
     def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = ADAPT_PER_FRAME,
-                    adapt_window: int = ADAPT_WINDOW, finetune_steps: int = FINETUNE_STEPS
-                    ) -> Generator[Progress, None, np.ndarray]:
+                    adapt_window: int = ADAPT_WINDOW, finetune_steps: int = FINETUNE_STEPS,
+                    stray_distance: int = STRAY_DISTANCE) -> Generator[Progress, None, np.ndarray]:
         """Labels of every frame, yielding progress.
 
         With masks holding an object and background among the prompts and a trained head, the head is
@@ -313,36 +313,54 @@ class PMLSession:
         background alone, beside object clicks, is used as references only. Online adaptation (Sec. 3.2, `adapt`):
         walking away from the first annotated frame (forward, then backward), the cells of a frame
         whose k = 5 neighbours all agree join the pool; at most `adapt_per_frame` per frame, kept
-        for the last `adapt_window` frames, so the pool and the cost per frame stay bounded. Only
-        with masks, boxes or scribbles among the prompts: from clicks alone the frames get the
-        labels `predict_frame` gives them (adapted cells, nearly all background, would bury the
-        few object clicks; docs/pml.md).
+        for the last `adapt_window` frames, so the pool and the cost per frame stay bounded. Each
+        frame's object regions farther than `stray_distance` grid cells from the object in the
+        frame before go to the background (`drop_stray_regions`; 0: off, the paper), before the
+        frame's cells adapt the pool. Adaptation and that check only with masks, boxes or scribbles
+        among the prompts: from clicks alone the frames get the labels `predict_frame` gives them
+        (adapted cells, nearly all background, would bury the few object clicks; docs/pml.md).
         """
         check_adaptation(adapt_per_frame, adapt_window)
+        check_stray_distance(stray_distance)
         self._check_pool()
         check_finetune_steps(finetune_steps)
         if finetune_steps and self.finetunable:
             tuned = yield from self.finetuned(finetune_steps)
-            return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0))
+            return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0, stray_distance))
         n = len(self.video)
         start = min(self.prompts.frames) if self.prompts.frames else 0
         labels = np.zeros((n, *self.frame_shape), np.uint8 if self.pool.label_values.max() < 256 else np.int32)
         rng = np.random.default_rng(0)
         done = 0
         adapting = online_adaptation and self._has_dense
+        background = np.flatnonzero(self.pool.label_values == 0)
+        consistent = stray_distance > 0 and self._has_dense and len(background) > 0
+        first_winners = None
         for order in (range(start, n), range(start - 1, -1, -1)):
             adapted: list[int] = []
+            previous = first_winners
             for t in order:
                 scores, values, unanimous = self.frame_scores(t)
+                if consistent and previous is not None and t not in self.prompts.frames:
+                    drop_stray_regions(scores, previous, int(background[0]), stray_distance)
+                previous = scores.argmax(-1)
+                if t == start:
+                    first_winners = previous
                 labels[t] = self.to_labels(t, scores, values)
                 if adapting and t not in self.prompts.frames:
                     cells = np.flatnonzero(unanimous)
-                    self.adapt(t, cells, values[scores.reshape(-1, len(values))[cells].argmax(1)], adapted, rng,
-                               adapt_per_frame, adapt_window)
+                    self.adapt(t, cells, values[previous.reshape(-1)[cells]], adapted, rng, adapt_per_frame,
+                               adapt_window)
                 done += 1
                 yield Progress(done, n, "retrieval")
             self.drop_adapted(adapted)
         return labels
+
+
+def check_stray_distance(distance: int) -> None:
+    """The spatial-consistency check takes a distance of 0 (off) or more grid cells: refuse less, naming it."""
+    if distance < 0:
+        raise MethodError(f"stray_distance must be 0 (off) or more grid cells, not {distance}")
 
 
 def check_finetune_steps(steps: int) -> None:
@@ -389,6 +407,11 @@ class PML(Method):
                                       "a label has too few clicks to win a majority)"})
         refine: bool = field(default=True, metadata={
             "advanced": True, "help": "snap the borders to image edges (guided filter)"})
+        stray_distance: int = field(default=STRAY_DISTANCE, metadata={
+            "advanced": True, "widget": {"min": 0, "max": 1000},
+            "help": "while segmenting all frames from a mask, box or scribble: an object's regions farther than "
+                    "this many grid cells from where it was in the frame before go to the background (a second, "
+                    "similar object entering does not take its label; 0: off)"})
         finetune_steps: int = field(default=FINETUNE_STEPS, metadata={
             "advanced": True, "widget": {"min": 0, "max": 10_000},
             "help": "fine-tune the embedding head on the painted masks for this many steps before segmenting "
@@ -397,6 +420,7 @@ class PML(Method):
         def __post_init__(self):
             check_adaptation(self.adapt_per_frame, self.adapt_window)
             check_finetune_steps(self.finetune_steps)
+            check_stray_distance(self.stray_distance)
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
         p = self.params
@@ -404,6 +428,6 @@ class PML(Method):
                                              k_mask=p.k_mask, k_click=p.k_click, refine=p.refine)
         session.add_prompts(prompts)
         labels = yield from session.predict_all(p.online_adaptation, p.adapt_per_frame, p.adapt_window,
-                                                p.finetune_steps)
+                                                p.finetune_steps, p.stray_distance)
         return labels
 

@@ -41,12 +41,12 @@ from torch import nn
 
 from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.heads import Head, embed_for_head, project_levels
-from ..engine.refine import refine_frame
+from ..engine.refine import STRAY_DISTANCE, drop_stray_regions, refine_frame
 from ..errors import MethodError, PromptError, VosEmbedError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
-from .pml import ADAPT_WINDOW, FINETUNE_STEPS, PMLSession, check_finetune_steps
+from .pml import ADAPT_WINDOW, FINETUNE_STEPS, PMLSession, check_finetune_steps, check_stray_distance
 
 #: The trained head that ships with the package (model card: docs/tvos.md).
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "tvos_head.pt"
@@ -275,17 +275,22 @@ class TVOSSession:
     with the cells each propagated frame labels with probability `ADAPT_CONFIDENCE` or more.
     finetune_steps: the matcher's head is first fine-tuned on the masks for this many steps
     (`PMLSession.finetuned`, as PML does before segmenting; 0, the default: off, docs/tvos.md).
+    stray_distance: a propagated frame's object regions farther than this many grid cells from the
+    object in the frame before go to the background before the frame joins the references
+    (`drop_stray_regions`, as PML; 0: off, the paper).
     """
 
     def __init__(self, video, embeddings: Embeddings, head: TVOSHead | None, device: torch.device,
                  temperature: float | None = None, fast: bool = True, keep_annotated: bool = True,
                  refine: bool = True, matcher: PMLSession | None = None, global_matching: float = GLOBAL_MATCHING,
-                 adapt_matcher: bool = False, finetune_steps: int = 0):
+                 adapt_matcher: bool = False, finetune_steps: int = 0, stray_distance: int = STRAY_DISTANCE):
         if matcher is not None and matcher.grid != embeddings.grid_shape:
             raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
                                 f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
                                 "differ: use heads trained with the same settings, or global_matching=0")
         check_global_matching(global_matching, adapt_matcher, finetune_steps)
+        check_stray_distance(stray_distance)
+        self.stray_distance = stray_distance
         self.matcher = matcher if global_matching > 0 else None
         self.finetune_steps = finetune_steps
         self.global_matching = global_matching
@@ -401,6 +406,14 @@ class TVOSSession:
         """What predicted frame t adds to the references of later frames: its hard labels (Sec. 3.3)."""
         return F.one_hot(scores.argmax(1), len(self.values)).to(scores.dtype)
 
+    def _drop_strays(self, scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """`scores` (h*w, K) with the object regions far from their cells in `previous` (the grid
+        labels of the frame before) given to the background (`drop_stray_regions`)."""
+        grid_scores = scores.reshape(*self.grid, -1).cpu().numpy().copy()
+        winners = previous.argmax(1).reshape(self.grid).cpu().numpy()
+        drop_stray_regions(grid_scores, winners, int(np.flatnonzero(self.values == 0)[0]), self.stray_distance)
+        return torch.from_numpy(grid_scores.reshape(len(scores), -1)).to(scores)
+
     def _pass(self, out: np.ndarray, masks: dict[int, np.ndarray], origin: int, direction: int, stop: int,
               progress: list[int]) -> Generator[Progress, None, None]:
         """Propagate from frame `origin` in `direction` up to `stop` (excluded) into `out`; an
@@ -411,6 +424,8 @@ class TVOSSession:
             if t in masks:
                 continue
             scores = self.frame_scores(t, self.references(t, step, direction, annotated), self.labels)
+            if self.stray_distance:
+                scores = self._drop_strays(scores, self.labels[t - direction])
             self.labels[t] = self.history_labels(t, scores)
             if self.adapt_matcher and self._global is not None:
                 best = scores.max(1)
@@ -508,9 +523,14 @@ class TVOS(Method):
             "advanced": True, "widget": {"min": 0, "max": 10_000},
             "help": "fine-tune the head of the match to the annotated frames on the painted masks for this many "
                     f"steps before propagating, as PML does (0: off; PML's default is {FINETUNE_STEPS})"})
+        stray_distance: int = field(default=STRAY_DISTANCE, metadata={
+            "advanced": True, "widget": {"min": 0, "max": 1000},
+            "help": "an object's regions farther than this many grid cells from where it was in the frame before "
+                    "go to the background (a second, similar object entering does not take its label; 0: off)"})
 
         def __post_init__(self):
             check_global_matching(self.global_matching, self.adapt_matcher, self.finetune_steps)
+            check_stray_distance(self.stray_distance)
 
     def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
         p = self.params
@@ -520,7 +540,7 @@ class TVOS(Method):
         session = yield from TVOSSession.open(video, head, self.device, temperature=p.temperature, fast=p.fast,
                                               keep_annotated=p.keep_annotated, refine=p.refine,
                                               global_matching=p.global_matching, adapt_matcher=p.adapt_matcher,
-                                              finetune_steps=p.finetune_steps)
+                                              finetune_steps=p.finetune_steps, stray_distance=p.stray_distance)
         masks = yield from seed_masks(video, prompts, self.device, None if head is None else "default",
                                       session.embeddings.settings, session.matcher)
         return session, masks

@@ -1,0 +1,53 @@
+import numpy as np
+
+from napari_vosembed.engine.refine import drop_stray_regions
+
+
+def votes(winners, k=3):
+    """(h, w, k) vote fractions: 0.8 for each cell's winning label, the rest shared."""
+    scores = np.full((*winners.shape, k), 0.2 / (k - 1), np.float32)
+    np.put_along_axis(scores, winners[..., None], 0.8, axis=-1)
+    return scores
+
+
+def test_an_objects_region_far_from_where_it_was_goes_to_the_background():
+    previous = np.zeros((12, 30), np.intp)
+    previous[4:8, 2:6] = 1
+    winners = previous.copy()
+    winners[4:8, 3:7] = 1
+    winners[2:6, 20:25] = 1
+    scores = votes(winners)
+    before = scores.copy()
+    cleared = drop_stray_regions(scores, previous, background=0, distance=4)
+    assert np.array_equal(cleared, (winners == 1) & (np.arange(30) >= 20))
+    assert (scores.argmax(-1)[cleared] == 0).all()
+    assert np.array_equal(scores.argmax(-1)[~cleared], winners[~cleared])
+    assert np.allclose(scores.sum(-1), before.sum(-1))
+    far_enough = drop_stray_regions(votes(winners), previous, background=0, distance=15)
+    assert not far_enough.any()
+
+
+def test_an_object_that_moved_far_keeps_its_strongest_region_and_an_absent_one_is_left_alone():
+    previous = np.zeros((12, 30), np.intp)
+    previous[1:3, 1:3] = 1
+    winners = np.zeros_like(previous)
+    winners[6:10, 14:19] = 1
+    winners[0:2, 26:28] = 1
+    cleared = drop_stray_regions(votes(winners), previous, background=0, distance=3)
+    assert np.array_equal(cleared, (winners == 1) & (np.arange(30) >= 26))
+    absent = drop_stray_regions(votes(winners), np.zeros_like(previous), background=0, distance=3)
+    assert not absent.any()
+
+
+def test_each_object_is_held_to_its_own_previous_cells():
+    previous = np.zeros((10, 30), np.intp)
+    previous[2:5, 2:5] = 1
+    previous[2:5, 24:27] = 2
+    winners = np.zeros_like(previous)
+    winners[2:5, 3:6] = 2
+    winners[2:5, 23:26] = 2
+    winners[6:9, 3:6] = 1
+    scores = votes(winners)
+    cleared = drop_stray_regions(scores, previous, background=0, distance=3)
+    assert np.array_equal(cleared, (winners == 2) & (np.arange(30) < 10))
+    assert (scores.argmax(-1)[6:9, 3:6] == 1).all() and (scores.argmax(-1)[2:5, 23:26] == 2).all()
