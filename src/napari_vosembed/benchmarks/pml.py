@@ -14,19 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.refine import STRAY_DISTANCE
 from ..io import list_sequences, read_sequence
 from ..methods.pml import FINETUNE_STEPS, K_CLICK, PMLSession
 from ..metrics import db_eval_iou, evaluate_sequence, summarize
 from ..progress import drive
 from ..prompts import Prompts
 
-#: Semi-supervised variants: name -> (head, online adaptation, fine-tuning steps).
+#: Semi-supervised variants: name -> (head, online adaptation, fine-tuning steps, stray distance).
 VARIANTS = {
-    "trained head, fine-tuned, online adaptation": ("default", True, FINETUNE_STEPS),
-    "trained head, online adaptation": ("default", True, 0),
-    "raw ISNet features, online adaptation": (None, True, 0),
-    "raw ISNet features, no adaptation": (None, False, 0),
-    "trained head, no adaptation": ("default", False, 0),
+    "trained head, fine-tuned, online adaptation": ("default", True, FINETUNE_STEPS, STRAY_DISTANCE),
+    "trained head, fine-tuned, online adaptation, no spatial check": ("default", True, FINETUNE_STEPS, 0),
+    "trained head, online adaptation": ("default", True, 0, STRAY_DISTANCE),
+    "raw ISNet features, online adaptation": (None, True, 0, STRAY_DISTANCE),
+    "raw ISNet features, no adaptation": (None, False, 0, STRAY_DISTANCE),
+    "trained head, no adaptation": ("default", False, 0, STRAY_DISTANCE),
 }
 #: Click-robot variants: name -> head.
 CLICK_VARIANTS = {"trained head": "default", "raw ISNet features": None}
@@ -49,7 +51,7 @@ def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: P
     names = held_out(data, names)
     measured_on = machine()
     results = {}
-    for variant, (head, adapt, steps) in VARIANTS.items():
+    for variant, (head, adapt, steps, stray) in VARIANTS.items():
         scores, per_frame, finetune, click_frame, click_video = {}, [], [], [], []
         for name in names:
             seq = read_sequence(data / name)
@@ -61,7 +63,8 @@ def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: P
                 session = drive(session.finetuned(steps), quiet=True)
                 finetune.append(time.perf_counter() - start)
             start = time.perf_counter()
-            labels = drive(session.predict_all(online_adaptation=adapt, finetune_steps=0), quiet=True)
+            labels = drive(session.predict_all(online_adaptation=adapt, finetune_steps=0, stray_distance=stray),
+                           quiet=True)
             per_frame.append((time.perf_counter() - start) / len(labels))
             scores[name] = evaluate_sequence(list(labels), gt)
 
@@ -96,7 +99,8 @@ def _write_semi_supervised(results, names, data, device, measured_on, out_dir, d
     payload = {"benchmark": "pml", "data": str(data), "sequences": names, "device": device,
                "machine": measured_on, "peak_rss_mib": peak_rss_mib(), "results": results}
     lines = ["## PML, semi-supervised (`vosembed benchmark pml`)", "",
-             f"Held-out sequences: {', '.join(names)}. Mask of frame 0, k = 5, guided-filter upsampling; "
+             f"Held-out sequences: {', '.join(names)}. Mask of frame 0, k = 5, guided-filter upsampling, the "
+             f"spatial check ({STRAY_DISTANCE} grid cells) unless a row says otherwise; "
              f"DAVIS protocol (first and last frames excluded). Device `{device}`, {measured_on['torch_threads']} "
              "torch and faiss threads; "
              f"times exclude the backbone (embeddings cached); 1-minute load average "

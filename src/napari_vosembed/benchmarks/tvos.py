@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.refine import STRAY_DISTANCE
 from ..io import read_sequence
 from ..methods.pml import FINETUNE_STEPS
 from ..methods.tvos import GLOBAL_MATCHING, TVOSSession, cell_shares, propagate, propagate_dense
@@ -27,12 +28,14 @@ from ..metrics import evaluate_sequence, summarize
 from ..progress import drive
 from .pml import held_out
 
-#: name -> (head, global_matching, finetune_steps): the default, with the matcher's head fine-tuned
-#: as PML's, the paper's propagation alone, the raw features.
-VARIANTS = {"trained head, global matching": ("default", GLOBAL_MATCHING, 0),
-            "trained head, global matching, fine-tuned matcher": ("default", GLOBAL_MATCHING, FINETUNE_STEPS),
-            "trained head, propagation only (the paper)": ("default", 0.0, 0),
-            "raw ISNet features, global matching": (None, GLOBAL_MATCHING, 0)}
+#: name -> (head, global_matching, finetune_steps, stray_distance): the default, without the spatial
+#: check, with the matcher's head fine-tuned as PML's, the paper's propagation alone, the raw features.
+VARIANTS = {"trained head, global matching": ("default", GLOBAL_MATCHING, 0, STRAY_DISTANCE),
+            "trained head, global matching, no spatial check": ("default", GLOBAL_MATCHING, 0, 0),
+            "trained head, global matching, fine-tuned matcher": ("default", GLOBAL_MATCHING, FINETUNE_STEPS,
+                                                                  STRAY_DISTANCE),
+            "trained head, propagation only (the paper)": ("default", 0.0, 0, STRAY_DISTANCE),
+            "raw ISNet features, global matching": (None, GLOBAL_MATCHING, 0, STRAY_DISTANCE)}
 
 
 def _sync(device: str) -> None:
@@ -52,14 +55,15 @@ class GroundTruthHistory(TVOSSession):
 
 
 def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MATCHING, finetune_steps: int = 0,
-                     ground_truth_history: bool = False) -> tuple[TVOSSession, np.ndarray, float, float]:
+                     ground_truth_history: bool = False, stray_distance: int = STRAY_DISTANCE
+                     ) -> tuple[TVOSSession, np.ndarray, float, float]:
     """Propagate the mask of frame 0 through `seq`; returns the session, the labels, the seconds
     per propagated frame (embeddings cached beforehand, so no backbone time) and the seconds the
     matcher's fine-tuning took before (everything until the first "propagation" progress).
     `ground_truth_history`: a `GroundTruthHistory` session."""
     cls = GroundTruthHistory if ground_truth_history else TVOSSession
     session = drive(cls.open(seq.video, head, device, global_matching=global_matching,
-                             finetune_steps=finetune_steps), quiet=True)
+                             finetune_steps=finetune_steps, stray_distance=stray_distance), quiet=True)
     if ground_truth_history:
         session.truth = seq.ground_truth()
     run = session.run({0: seq.masks[0]})
@@ -121,12 +125,12 @@ def run(data: Path, names: list[str] | None, cells: Path | None, device: str, th
     load_start = os.getloadavg()
     names = held_out(data, names)
     results, timing = {}, {}
-    for variant, (head, global_matching, finetune_steps) in VARIANTS.items():
+    for variant, (head, global_matching, finetune_steps, stray_distance) in VARIANTS.items():
         scores, per_frame, finetune, matched = {}, [], [], np.zeros(2)
         for name in names:
             seq = read_sequence(data / name)
             session, labels, seconds, tuning = segment_sequence(seq, head, device, global_matching,
-                                                                finetune_steps)
+                                                                finetune_steps, stray_distance=stray_distance)
             per_frame.append(seconds)
             finetune.append(tuning)
             matched += session.match_counts
@@ -180,7 +184,8 @@ def _markdown(p: dict) -> str:
              f"upsampling; global matching: the propagated labels blended with PML's k = 5 vote over the "
              f"annotated mask (lambda = {GLOBAL_MATCHING}) in the cells where it can change the label (with a "
              f"*fine-tuned matcher*, a copy of the PML head is first fine-tuned on that mask, {FINETUNE_STEPS} "
-             "steps, as PML does); DAVIS "
+             f"steps, as PML does); the spatial check ({STRAY_DISTANCE} grid cells) unless a row says "
+             "otherwise; DAVIS "
              f"protocol (first and last frames excluded). Device `{p['device']}`, {p['threads']} "
              "torch threads; times exclude the backbone (embeddings cached). Per frame: head, propagation and "
              f"upsampling. Peak RSS {p['peak_rss_mib_fast']:.0f} MiB before the dense reference runs "
