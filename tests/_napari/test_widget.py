@@ -156,7 +156,7 @@ def test_a_painted_mask_segments_the_object(clip, qtbot):
     assert clip.errors() == []
 
 
-def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentation(clip, qtbot, monkeypatch):
+def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentation(clip, qtbot, monkeypatch, click):
     w = clip.widget
     w.instant.value = False
     settings = {p.name: p for p in w._param_widgets}
@@ -195,6 +195,14 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
     masks.data_setitem((np.array([FRAME]), np.array([0]), np.array([0])), 1)  # the mask changed: tuned again
     w.segment_button.clicked.emit()
     assert tunings == [3, 3] and len(calls) == 3
+    # with live updates, a click updates every frame with the same settings and the tuned head, without
+    # adaptation and without tuning again (a click must update the video in about 2 s)
+    w.instant.value = True
+    points = w.add_points_layer()
+    click(clip.viewer, points, FRAME, *sample_points(clip.masks[FRAME], 1, 0)[0][0])
+    live = ({"online_adaptation": False, "adapt_per_frame": 30, "adapt_window": 2, "stray_distance": 5,
+             "finetune_steps": 0}, [3])
+    assert tunings == [3, 3] and len(calls) > 3 and calls[3:] == [live] * (len(calls) - 3)
 
 
 def test_segment_all_without_prompts_says_so_instead_of_raising(clip):

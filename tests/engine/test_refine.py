@@ -2,6 +2,8 @@ import numpy as np
 
 from napari_vosembed.engine.refine import drop_stray_regions
 
+LABELS = np.array([0, 1, 2])
+
 
 def votes(winners, k=3):
     """(h, w, k) vote fractions: 0.8 for each cell's winning label, the rest shared."""
@@ -18,12 +20,12 @@ def test_an_objects_region_far_from_where_it_was_goes_to_the_background():
     winners[2:6, 20:25] = 1
     scores = votes(winners)
     before = scores.copy()
-    cleared = drop_stray_regions(scores, previous, background=0, distance=4)
+    cleared = drop_stray_regions(scores, previous, label_values=LABELS, distance=4)
     assert np.array_equal(cleared, (winners == 1) & (np.arange(30) >= 20))
     assert (scores.argmax(-1)[cleared] == 0).all()
     assert np.array_equal(scores.argmax(-1)[~cleared], winners[~cleared])
     assert np.allclose(scores.sum(-1), before.sum(-1))
-    far_enough = drop_stray_regions(votes(winners), previous, background=0, distance=15)
+    far_enough = drop_stray_regions(votes(winners), previous, label_values=LABELS, distance=15)
     assert not far_enough.any()
 
 
@@ -33,10 +35,14 @@ def test_an_object_that_moved_far_keeps_its_strongest_region_and_an_absent_one_i
     winners = np.zeros_like(previous)
     winners[6:10, 14:19] = 1
     winners[0:2, 26:28] = 1
-    cleared = drop_stray_regions(votes(winners), previous, background=0, distance=3)
+    cleared = drop_stray_regions(votes(winners), previous, label_values=LABELS, distance=3)
     assert np.array_equal(cleared, (winners == 1) & (np.arange(30) >= 26))
-    absent = drop_stray_regions(votes(winners), np.zeros_like(previous), background=0, distance=3)
+    absent = drop_stray_regions(votes(winners), np.zeros_like(previous), label_values=LABELS, distance=3)
     assert not absent.any()
+    objects_only = votes(winners)
+    untouched = objects_only.copy()
+    assert not drop_stray_regions(objects_only, previous, label_values=np.array([1, 2, 3]), distance=3).any()
+    assert np.array_equal(objects_only, untouched)
 
 
 def test_each_object_is_held_to_its_own_previous_cells():
@@ -48,6 +54,6 @@ def test_each_object_is_held_to_its_own_previous_cells():
     winners[2:5, 23:26] = 2
     winners[6:9, 3:6] = 1
     scores = votes(winners)
-    cleared = drop_stray_regions(scores, previous, background=0, distance=3)
+    cleared = drop_stray_regions(scores, previous, label_values=LABELS, distance=3)
     assert np.array_equal(cleared, (winners == 2) & (np.arange(30) < 10))
     assert (scores.argmax(-1)[6:9, 3:6] == 1).all() and (scores.argmax(-1)[2:5, 23:26] == 2).all()

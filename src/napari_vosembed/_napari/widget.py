@@ -666,6 +666,12 @@ class SegmentWidget(QWidget):
             digest.update(mask.tobytes())
         return self._session_key, self.params().get("finetune_steps", 0), digest.hexdigest()
 
+    @staticmethod
+    def _walk_options(params: dict) -> dict:
+        """The dock's settings `PMLSession.predict_all` takes (adaptation, the spatial check)."""
+        return {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window", "stray_distance")
+                if k in params}
+
     def _segment_view(self, view, key: tuple, options: dict):
         """Label every frame with `view` (`predict_all`), its head first fine-tuned for `key`'s steps
         on the masks unless an earlier run tuned it on the same ones (`session_for` then gave the
@@ -751,8 +757,8 @@ class SegmentWidget(QWidget):
             self._write(image, labels)
             self._set_status(f"all {len(labels)} frames updated")
 
-        stray = {k: v for k, v in self.params().items() if k == "stray_distance"}
-        self._live_job = Job(lambda: view.predict_all(online_adaptation=False, **stray), "updating all frames",
+        options = {**self._walk_options(self.params()), "online_adaptation": False, "finetune_steps": 0}
+        self._live_job = Job(lambda: view.predict_all(**options), "updating all frames",
                              on_result=finished, on_done=lambda job: self._update_state())
         self._live_job.start()
         self._update_state()
@@ -797,9 +803,7 @@ class SegmentWidget(QWidget):
         if cls.name in LIVE_METHODS:
             def run(session):
                 view = self.session_for(prompts)
-                options = {k: params[k] for k in ("online_adaptation", "adapt_per_frame", "adapt_window",
-                                                  "stray_distance") if k in params}
-                key = self._tuned_key(prompts)
+                key, options = self._tuned_key(prompts), self._walk_options(params)
                 self._start_run(lambda: self._segment_view(view, key, options), f"{cls.name} on all frames", write)
 
             self.with_session(image, run)

@@ -83,28 +83,33 @@ def refine_frame(video, t: int, scores: np.ndarray, label_values: np.ndarray, st
 STRAY_DISTANCE = 8
 
 
-def drop_stray_regions(scores: np.ndarray, previous: np.ndarray, background: int, distance: int) -> np.ndarray:
+def drop_stray_regions(scores: np.ndarray, previous: np.ndarray, label_values: np.ndarray, distance: int
+                       ) -> np.ndarray:
     """Spatial consistency with the previous frame (beyond the papers): each object's connected
     regions (8-connected grid cells where it wins the vote) that come no closer than `distance` cells
-    to its cells in `previous` give their votes to the `background` label; a second, similar object
-    entering the scene then does not take the label. An object whose regions are all that far keeps
-    the one with the largest vote sum (it moved fast); one absent from `previous` is left alone (it
-    may reappear). `scores`: (h, w, K) votes, changed in place; `previous`: (h, w) label indices of
-    the previous frame. Returns the (h, w) mask of the cells given to the background."""
+    to its cells in `previous` give their votes to the background (label value 0); a second, similar
+    object entering the scene then does not take the label. An object whose regions are all that far
+    keeps the one with the largest vote sum (it moved fast); one absent from `previous` is left alone
+    (it may reappear). `scores`: (h, w, K) votes over `label_values`, changed in place; `previous`:
+    (h, w) label indices of the previous frame. Returns the (h, w) mask of the cells given to the
+    background (none without a background label)."""
     winners = scores.argmax(-1)
-    kernel = np.ones((2 * distance + 1, 2 * distance + 1), np.uint8)
     cleared = np.zeros(winners.shape, bool)
+    background = np.flatnonzero(np.asarray(label_values) == 0)
+    if len(background) == 0:
+        return cleared
+    kernel = np.ones((2 * distance + 1, 2 * distance + 1), np.uint8)
     for k in range(scores.shape[-1]):
-        if k == background or not (previous == k).any():
+        if k == background[0] or not (previous == k).any():
             continue
-        near = cv2.dilate((previous == k).astype(np.uint8), kernel).astype(bool)
         n, regions = cv2.connectedComponents((winners == k).astype(np.uint8), connectivity=8)
-        stray = [r for r in range(1, n) if not near[regions == r].any()]
-        if stray and len(stray) == n - 1:
-            stray.remove(max(stray, key=lambda r: scores[regions == r, k].sum()))
-        for r in stray:
-            cells = regions == r
-            scores[cells, background] += scores[cells, k]
-            scores[cells, k] = 0
-            cleared |= cells
+        near = cv2.dilate((previous == k).astype(np.uint8), kernel).astype(bool)
+        stray = np.setdiff1d(np.arange(1, n), regions[near])
+        if len(stray) == n - 1 > 0:
+            mass = np.bincount(regions.ravel(), weights=scores[..., k].ravel(), minlength=n)
+            stray = stray[stray != 1 + np.argmax(mass[1:])]
+        cells = np.isin(regions, stray)
+        scores[cells, background[0]] += scores[cells, k]
+        scores[cells, k] = 0
+        cleared |= cells
     return cleared

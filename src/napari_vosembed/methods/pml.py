@@ -333,8 +333,7 @@ class PMLSession:
         rng = np.random.default_rng(0)
         done = 0
         adapting = online_adaptation and self._has_dense
-        background = np.flatnonzero(self.pool.label_values == 0)
-        consistent = stray_distance > 0 and self._has_dense and len(background) > 0
+        consistent = stray_distance > 0 and self._has_dense
         first_winners = None
         for order in (range(start, n), range(start - 1, -1, -1)):
             adapted: list[int] = []
@@ -342,7 +341,7 @@ class PMLSession:
             for t in order:
                 scores, values, unanimous = self.frame_scores(t)
                 if consistent and previous is not None and t not in self.prompts.frames:
-                    drop_stray_regions(scores, previous, int(background[0]), stray_distance)
+                    drop_stray_regions(scores, previous, values, stray_distance)
                 previous = scores.argmax(-1)
                 if t == start:
                     first_winners = previous

@@ -411,7 +411,7 @@ class TVOSSession:
         labels of the frame before) given to the background (`drop_stray_regions`)."""
         grid_scores = scores.reshape(*self.grid, -1).cpu().numpy().copy()
         winners = previous.argmax(1).reshape(self.grid).cpu().numpy()
-        drop_stray_regions(grid_scores, winners, int(np.flatnonzero(self.values == 0)[0]), self.stray_distance)
+        drop_stray_regions(grid_scores, winners, self.values, self.stray_distance)
         return torch.from_numpy(grid_scores.reshape(len(scores), -1)).to(scores)
 
     def _pass(self, out: np.ndarray, masks: dict[int, np.ndarray], origin: int, direction: int, stop: int,
