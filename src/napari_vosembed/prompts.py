@@ -90,6 +90,14 @@ class Prompts:
         self.scribbles[int(frame)] = np.asarray(labels)
         return self
 
+    def extend(self, other: Prompts) -> Prompts:
+        """Add `other`'s prompts to these (its masks and scribbles replace those of the same frames)."""
+        self.points += other.points
+        self.boxes += other.boxes
+        self.masks.update(other.masks)
+        self.scribbles.update(other.scribbles)
+        return self
+
     def is_empty(self) -> bool:
         return not (self.points or self.boxes or self.masks or self.scribbles)
 

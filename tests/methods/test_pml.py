@@ -69,6 +69,19 @@ def test_a_negative_click_removes_a_region_and_deleting_it_brings_it_back(tmp_pa
     assert db_eval_iou(masks[2] == 1, after == 1) > 0.9
     s.remove_group(2)
     assert s.predict_frame(2)[30, 66] == 1
+    assert [(p.y, p.x) for p in s.prompts.points] == [(30, 12), (5, 50)]
+
+
+def test_removing_a_group_removes_its_prompts(tmp_path):
+    frames, masks = scene()
+    s = colour_session(frames, tmp_path)
+    s.add_prompts(Prompts().add_point(1, 30, 20, 1).add_point(1, 5, 80, 0), group=1)
+    s.add_prompts(Prompts().add_mask(0, masks[0]), group=2)
+    assert (s.k, s.prompts.frames, s.finetunable) == (5, [0, 1], False)
+    s.remove_group(2)
+    assert (s.k, s.prompts.frames, list(s.prompts.masks)) == (1, [1], [])
+    s.remove_group(1)
+    assert s.prompts.is_empty() and len(s.pool) == 0
 
 
 def test_a_lone_object_click_still_wins_its_region_among_background_clicks(tmp_path):

@@ -118,8 +118,8 @@ class PMLSession:
         self._intensity = video.intensity_range()
         self._pixel_embeddings = self._embed_all()
         self.pool = ReferencePool(self._pixel_embeddings.shape[-1], device)
-        self.prompts = Prompts()
-        self._has_dense = False
+        self._groups: dict[int, Prompts] = {}
+        self._sync_prompts()
         self.finetune_history: list[tuple[int, float]] = []
 
     @classmethod
@@ -166,11 +166,15 @@ class PMLSession:
             cells = self._cells(ref.y, ref.x)
             keys = np.unique(np.stack([ref.frame, cells, ref.label], 1), axis=0)
             self.pool.add(self._pixel_embeddings[keys[:, 0], keys[:, 1]].astype(np.float32), keys[:, 2], group)
-        self._has_dense |= bool(prompts.masks or prompts.scribbles or prompts.boxes)
-        self.prompts.points += prompts.points
-        self.prompts.boxes += prompts.boxes
-        self.prompts.masks.update(prompts.masks)
-        self.prompts.scribbles.update(prompts.scribbles)
+        self._groups.setdefault(group, Prompts()).extend(prompts)
+        self._sync_prompts()
+
+    def _sync_prompts(self) -> None:
+        """`self.prompts`: the prompts of every group still in the pool."""
+        self.prompts = Prompts()
+        for prompts in self._groups.values():
+            self.prompts.extend(prompts)
+        self._has_dense = bool(self.prompts.masks or self.prompts.scribbles or self.prompts.boxes)
 
     def with_prompts(self, prompts: Prompts, **options) -> PMLSession:
         """A session sharing these embeddings with a fresh pool of exactly `prompts`; `options`
@@ -183,8 +187,7 @@ class PMLSession:
         for name, value in options.items():
             setattr(view, name, value)
         view.pool = ReferencePool(self.pool.dim, self.device)
-        view.prompts = Prompts()
-        view._has_dense = False
+        view._groups = {}
         view.add_prompts(prompts)
         return view
 
@@ -199,7 +202,9 @@ class PMLSession:
         return np.concatenate(picks)
 
     def remove_group(self, group: int) -> int:
-        """Drop a group of references (e.g. a deleted click); returns how many."""
+        """Drop a group of references (e.g. a deleted click) and its prompts; returns how many references."""
+        self._groups.pop(group, None)
+        self._sync_prompts()
         return self.pool.remove(group)
 
     @property
