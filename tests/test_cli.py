@@ -157,6 +157,30 @@ def test_benchmark_tvos_writes_its_json_and_its_section(backbone, sample_seq, tm
     assert "Drift: when every predicted frame joins the references with its ground truth" in docs.read_text()
 
 
+def test_benchmark_clicks_averages_the_robot_over_seeds(backbone, sample_seq, tmp_path):
+    from napari_vosembed.benchmarks.pml import CLICK_VARIANTS
+    from napari_vosembed.io import read_sequence
+
+    n = len(read_sequence(sample_seq).video)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "horse").symlink_to(sample_seq, target_is_directory=True)
+    docs, plot = tmp_path / "benchmarks.md", tmp_path / "clicks.png"
+    assert main(["--quiet", "benchmark", "clicks", str(root), "--sequences", "horse", "--max-clicks-per-frame", "0.2",
+                 "--seeds", "2", "--out", str(tmp_path / "out"), "--docs", str(docs), "--plot", str(plot)]) == 0
+    payload = json.loads((tmp_path / "out" / "clicks.json").read_text())
+    assert payload["seeds"] == 2 and list(payload["results"]) == list(CLICK_VARIANTS)
+    for result in payload["results"].values():
+        first, second = result["per_sequence"]["horse"]
+        assert first[0][0] == second[0][0] == 2 / n and first[-1][0] >= 0.2 > first[-2][0]
+        assert first != second  # each seed starts from other clicks
+        assert np.allclose(result["mean_J"], np.mean(result["mean_J_per_seed"], 0))
+    assert payload["results"]["trained head"]["mean_J"][-1] > 0.25  # about 0.35 on this clip; nothing found: 0
+    text = docs.read_text()
+    assert "2 runs of the robot (seeds 0 to 1)" in text and "Per robot seed, J @ 0.2 clicks/frame: trained head" in text
+    assert plot.stat().st_size > 0
+
+
 @pytest.mark.parametrize("head", ["pml", "tvos"])
 def test_train_writes_a_head_that_loads_with_its_record(backbone, sample_seq, tmp_path, head):
     from napari_vosembed.methods.pml import PMLHead

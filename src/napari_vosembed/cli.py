@@ -21,6 +21,14 @@ def _parse_frame_value(text: str, option: str) -> tuple[int, str]:
     return int(frame), value
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _read_points_csv(path: Path):
     from .prompts import Point
 
@@ -205,7 +213,7 @@ def cmd_benchmark_clicks(args) -> int:
     from .benchmarks import pml
 
     pml.clicks(Path(args.data), args.sequences, args.device, args.max_clicks_per_frame, Path(args.out),
-               Path(args.docs), Path(args.plot))
+               Path(args.docs), Path(args.plot), args.seeds)
     return 0
 
 
@@ -346,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "raw backbone features.", cmd_benchmark_clicks)
     b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
     b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
+    b.add_argument("--seeds", type=_positive_int, default=1,
+                   help="runs of the robot per sequence (seeds 0 to N - 1), averaged: one seed moves the curve by "
+                        "several points")
     b = _held_out_benchmark(bench, "tvos", "TVOS J&F, propagation time per frame (fast and dense) and peak RSS",
                             "TVOS from the mask of frame 0 (trained head with and without global matching, raw "
                             "backbone features) and on a Cell Tracking Challenge sequence; the fast propagation "
