@@ -31,7 +31,8 @@ def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(cl
     assert isinstance(w, SegmentWidget)
     assert w.image.value is clip.image
     assert w.method.value == "pml" and "pml" in w.method.choices
-    advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "refine", "finetune_steps", "stray_distance"}
+    advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "click_propagation", "refine", "finetune_steps",
+                "stray_distance"}
     assert set(w.params()) == {"head", "online_adaptation"} | advanced
     assert {widget.name for widget in w._basic} == {"head", "online_adaptation"}
     assert {widget.name for widget in w._advanced} == advanced
@@ -532,14 +533,23 @@ def test_the_n_key_on_a_clicks_layer_starts_a_new_object(clip, click):
 
 
 def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch):
-    opened = []
+    """And its anchor graph (label propagation from clicks) is built once, in the session's worker."""
+    from napari_vosembed.methods import pml
+
+    opened, built = [], []
     original = PMLSession.open.__func__
 
     def counting(cls, *args, **kwargs):
         opened.append(kwargs.get("head"))
         return original(cls, *args, **kwargs)
 
+    class CountedGraph(pml.AnchorGraph):
+        def __init__(self, *args, **kwargs):
+            built.append(args[0].shape)
+            super().__init__(*args, **kwargs)
+
     monkeypatch.setattr(PMLSession, "open", classmethod(counting))
+    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
     viewer, w = clip.viewer, clip.widget
     points = w.add_points_layer()
     for y, x in ((60, 120), (62, 118), (10, 10)):
@@ -547,7 +557,7 @@ def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch):
     w.add_boxes_layer()  # new layers, a new output layer: the session stays
     w._param_widgets[[p.name for p in w._param_widgets].index("k_click")].value = 1  # retrieval only
     w.segment_button.clicked.emit()
-    assert len(opened) == 1
+    assert len(opened) == 1 and len(built) == 1
     assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 1
     import torch
 

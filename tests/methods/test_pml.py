@@ -97,6 +97,43 @@ def test_a_lone_object_click_still_wins_its_region_among_background_clicks(tmp_p
     assert s.k == 1
 
 
+def test_clicks_alone_blend_the_vote_with_labels_propagated_over_the_video(tmp_path):
+    frames, masks = scene(squares=((RED, 4), (ORANGE, 56)))
+    base = colour_session(frames, tmp_path)
+    clicks = Prompts().add_point(0, 30, 12, 1).add_point(0, 5, 50, 0).add_point(0, 30, 64, 2)
+    s, plain = base.with_prompts(clicks), base.with_prompts(clicks, click_propagation=0)
+    assert s.propagating and not plain.propagating and "graph" not in base._graph
+    stages = [p.stage for p in s.predict_all(online_adaptation=False)]
+    assert stages[:2] == ["anchor graph"] * 2 and "anchor graph" not in stages[2:]
+    graph = base._graph["graph"]  # built by the view, kept for every view of the session
+    assert base.with_prompts(clicks)._graph["graph"] is graph
+
+    votes, values, _ = plain.frame_scores(3)
+    propagated = graph.scores(graph.propagate(s.pool.embeddings, s.pool.labels, values), slice(3 * 384, 4 * 384))
+    assert not np.allclose(votes.reshape(-1, 3), propagated, atol=0.05)
+    assert np.allclose(s.frame_scores(3)[0], 0.5 * votes + 0.5 * propagated.reshape(votes.shape))
+    cells = np.array([0, 100, 383])
+    assert np.allclose(s.frame_scores(3, cells=cells)[0], s.frame_scores(3)[0].reshape(-1, 3)[cells])
+    labels = s.predict_frame(3)
+    for obj in (1, 2):
+        assert db_eval_iou(masks[3] == obj, labels == obj) > 0.85
+
+    with_mask = base.with_prompts(Prompts().add_mask(0, masks[0]))
+    assert not with_mask.propagating
+    assert np.array_equal(with_mask.frame_scores(3)[0],
+                          base.with_prompts(Prompts().add_mask(0, masks[0]), click_propagation=0).frame_scores(3)[0])
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_a_click_propagation_weight_outside_0_to_1_is_refused(tmp_path, weight):
+    frames, _ = scene()
+    message = rf"click_propagation must lie in \[0, 1\] \(0: the vote alone\), not {weight}"
+    with pytest.raises(MethodError, match=message):
+        PML.Params(click_propagation=weight)
+    with pytest.raises(MethodError, match="click_propagation"):
+        colour_session(frames, tmp_path).with_prompts(Prompts().add_point(0, 30, 20, 1), click_propagation=weight)
+
+
 def test_segmenting_all_frames_from_clicks_alone_gives_the_previews_labels(tmp_path):
     """Online adaptation needs masks, boxes or scribbles: from clicks alone the pool stays the
     clicks and every frame gets `predict_frame`'s labels (with adaptation, k = 5 gave every object

@@ -38,6 +38,10 @@ DEVICES = ("auto", "cpu", "cuda")
 NEW_OBJECT_KEY = "n"
 #: Methods with an interactive session that follows every click.
 LIVE_METHODS = ("pml",)
+#: The dock's PML parameters that the session and its views take.
+SESSION_OPTIONS = ("k_mask", "k_click", "refine", "click_propagation")
+
+
 def _param_specs(cls):
     """(name, type, default, advanced, help, widget options) of each field of `cls.Params`; the
     options (e.g. min, max, step) come from the field's metadata "widget"."""
@@ -609,8 +613,6 @@ class SegmentWidget(QWidget):
     def with_session(self, image, then) -> None:
         """Call `then(session)` with the PML session of `image`, opening it (embedding the video,
         cached on disk) in a worker first when needed."""
-        from ..methods.pml import PMLSession
-
         key, head, device = self._session_spec(image)
         if self._session is not None and self._session_key == key:
             then(self._session)
@@ -623,7 +625,7 @@ class SegmentWidget(QWidget):
         self._after_session = [then]
         video = L.image_video(image)
         params = self.params()
-        options = {k: params[k] for k in ("k_mask", "k_click", "refine") if k in params}
+        options = {k: params[k] for k in SESSION_OPTIONS if k in params}
 
         def opened(session):
             self._session = session
@@ -638,7 +640,7 @@ class SegmentWidget(QWidget):
 
         self._set_status(f"computing the embeddings of {image.name!r} (once; cached on disk)")
         self._session_job = Job(
-            lambda: PMLSession.open(video, head=head, device=device, settings=EMBEDDING_SETTINGS, **options),
+            lambda: _open_session(video, head, device, options),
             f"embedding {image.name}",
             on_progress=lambda p: self._set_status(f"{p.stage} {p.done}/{p.total}"),
             on_result=opened,
@@ -655,7 +657,7 @@ class SegmentWidget(QWidget):
         base = self._session
         if self._tuned is not None and self._tuned[0] == self._tuned_key(prompts):
             base = self._tuned[1]
-        return base.with_prompts(prompts, **{k: params[k] for k in ("k_mask", "k_click", "refine") if k in params})
+        return base.with_prompts(prompts, **{k: params[k] for k in SESSION_OPTIONS if k in params})
 
     def _tuned_key(self, prompts: Prompts) -> tuple:
         """What a fine-tuned head depends on: the session, the number of steps and the masks."""
@@ -869,6 +871,17 @@ class SegmentWidget(QWidget):
         for layer in list(self._watched):
             self._unwatch(layer)
         super().closeEvent(event)
+
+
+def _open_session(video, head, device, options: dict):
+    """Open the PML session of `video` (a progress generator); with click propagation among the
+    options, build its anchor graph too, so that the first click answers at once."""
+    from ..methods.pml import PMLSession
+
+    session = yield from PMLSession.open(video, head=head, device=device, settings=EMBEDDING_SETTINGS, **options)
+    if options.get("click_propagation", 0) > 0:
+        yield from session.build_anchor_graph()
+    return session
 
 
 def _disconnecter(connections, watched, press):

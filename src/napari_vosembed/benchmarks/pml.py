@@ -16,7 +16,7 @@ import numpy as np
 
 from ..engine.refine import STRAY_DISTANCE
 from ..io import list_sequences, read_sequence
-from ..methods.pml import FINETUNE_STEPS, K_CLICK, PMLSession
+from ..methods.pml import CLICK_PROPAGATION, FINETUNE_STEPS, K_CLICK, PMLSession
 from ..metrics import db_eval_iou, evaluate_sequence, summarize
 from ..progress import drive
 from ..prompts import Prompts
@@ -30,8 +30,12 @@ VARIANTS = {
     "raw ISNet features, no adaptation": (None, False, 0, STRAY_DISTANCE),
     "trained head, no adaptation": ("default", False, 0, STRAY_DISTANCE),
 }
-#: Click-robot variants: name -> head.
-CLICK_VARIANTS = {"trained head": "default", "raw ISNet features": None}
+#: Click-robot variants: name -> (head, click propagation).
+CLICK_VARIANTS = {
+    "trained head": ("default", CLICK_PROPAGATION),
+    "trained head, the vote alone (no click propagation)": ("default", 0.0),
+    "raw ISNet features": (None, CLICK_PROPAGATION),
+}
 
 
 def held_out(data: Path, names: list[str] | None) -> list[str]:
@@ -40,8 +44,8 @@ def held_out(data: Path, names: list[str] | None) -> list[str]:
     return names or davis_split(list_sequences(data))[1]
 
 
-def _open(seq, head, device):
-    return drive(PMLSession.open(seq.video, head, device), quiet=True)
+def _open(seq, head, device, **options):
+    return drive(PMLSession.open(seq.video, head, device, **options), quiet=True)
 
 
 def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: Path, docs: Path) -> dict:
@@ -52,7 +56,7 @@ def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: P
     measured_on = machine()
     results = {}
     for variant, (head, adapt, steps, stray) in VARIANTS.items():
-        scores, per_frame, finetune, click_frame, click_video = {}, [], [], [], []
+        scores, per_frame, finetune, graph, click_frame, click_video = {}, [], [], [], [], []
         for name in names:
             seq = read_sequence(data / name)
             gt = seq.ground_truth()
@@ -69,6 +73,9 @@ def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: P
             scores[name] = evaluate_sequence(list(labels), gt)
 
             clicks = _open(seq, head, device)
+            start = time.perf_counter()
+            drive(clicks.build_anchor_graph(), quiet=True)
+            graph.append(time.perf_counter() - start)
             rng = np.random.default_rng(0)
             t_mid = len(gt) // 2
             for i, (label, pick) in enumerate(((1, gt[t_mid] > 0), (0, gt[t_mid] == 0)) * 3):
@@ -85,6 +92,7 @@ def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: P
         results[variant] = {
             "report": summarize(scores), "retrieval_s_per_frame_median": statistics.median(per_frame),
             "finetune_s_median": statistics.median(finetune) if finetune else None,
+            "anchor_graph_s_median": statistics.median(graph),
             "click_to_frame_s_median": statistics.median(click_frame),
             "click_to_video_s_median": statistics.median(click_video),
         }
@@ -105,18 +113,19 @@ def _write_semi_supervised(results, names, data, device, measured_on, out_dir, d
              "torch and faiss threads; "
              f"times exclude the backbone (embeddings cached); 1-minute load average "
              f"{measured_on['load_average_1min']:.1f} at the start. Peak RSS {peak_rss_mib():.0f} MiB. "
-             "Click latency: six alternating clicks on the middle frame, median time from adding a click "
+             "Click latency: the video's anchor graph built first (label propagation from clicks; median s "
+             "per video), then six alternating clicks on the middle frame, median time from adding a click "
              "to the labels of that frame, and of the whole video without adaptation. Fine-tuning: "
              f"{FINETUNE_STEPS} steps on the mask of frame 0, then the video re-embedded (median s per video).", "",
              "| variant | J&F | J mean | J recall | F mean | F recall | fine-tuning s | retrieval s/frame "
-             "| click -> frame s | click -> video s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| anchor graph s | click -> frame s | click -> video s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, r in results.items():
         g = r["report"]["global"]
         lines.append(f"| {variant} | {100 * g['J&F-Mean']:.1f} | {100 * g['J-Mean']:.1f} | {100 * g['J-Recall']:.1f} "
                      f"| {100 * g['F-Mean']:.1f} | {100 * g['F-Recall']:.1f} "
                      f"| {'-' if r['finetune_s_median'] is None else format(r['finetune_s_median'], '.1f')} "
-                     f"| {r['retrieval_s_per_frame_median']:.3f} "
+                     f"| {r['retrieval_s_per_frame_median']:.3f} | {r['anchor_graph_s_median']:.1f} "
                      f"| {r['click_to_frame_s_median']:.4f} | {r['click_to_video_s_median']:.2f} |")
     lines += ["", "J&F per sequence (" + " / ".join(results) + "):", ""]
     for name in names:
@@ -131,14 +140,15 @@ def _random_pixel(region: np.ndarray, rng: np.random.Generator) -> tuple[int, in
     return int(ys[i]), int(xs[i])
 
 
-def click_curve(seq, head, device: str, max_clicks_per_frame: float, seed: int = 0) -> list[tuple[float, float]]:
+def click_curve(seq, head, device: str, max_clicks_per_frame: float, seed: int = 0,
+                click_propagation: float = CLICK_PROPAGATION) -> list[tuple[float, float]]:
     """The click robot of Sec. 4.3: a random object click and a random background click on a
     random frame to start, then each new click on a random wrongly labelled pixel of the whole
     video, labelled from the ground truth. Returns [(clicks per frame, mean J over frames)]."""
     gt = np.stack(seq.ground_truth()) > 0
     n = len(gt)
     rng = np.random.default_rng(seed)
-    session = _open(seq, head, device)
+    session = _open(seq, head, device, click_propagation=click_propagation)
     with_object = np.flatnonzero(gt.reshape(n, -1).any(1))
     t0 = int(rng.choice(with_object))
     for label, region in ((1, gt[t0]), (0, ~gt[t0])):
@@ -171,12 +181,12 @@ def clicks(data: Path, names: list[str] | None, device: str, max_clicks_per_fram
     grid = np.round(np.arange(0.05, max_clicks_per_frame + 1e-9, 0.05), 2)
     marks = [m for m in (0.1, 0.2, 0.3, 0.4, 0.6, 1.0) if m <= max_clicks_per_frame + 1e-9]
     results = {}
-    for variant, head in CLICK_VARIANTS.items():
+    for variant, (head, propagation) in CLICK_VARIANTS.items():
         per_seq = {}
         for name in names:
             per_seq[name] = []
             for seed in range(seeds):
-                curve = click_curve(read_sequence(data / name), head, device, max_clicks_per_frame, seed)
+                curve = click_curve(read_sequence(data / name), head, device, max_clicks_per_frame, seed, propagation)
                 per_seq[name].append(curve)
                 print(f"{variant} {name} seed {seed}: J {curve[-1][1]:.3f} at {curve[-1][0]:.2f} clicks/frame",
                       file=sys.stderr)
@@ -192,7 +202,9 @@ def clicks(data: Path, names: list[str] | None, device: str, max_clicks_per_fram
         lines = ["## PML, interactive: the click robot (`vosembed benchmark clicks`)", "",
                  f"Held-out sequences: {', '.join(names)}. Sec. 4.3 of the paper: one object and one background "
                  "click on a random frame to start, then each click on a random wrongly labelled pixel of the "
-                 f"video, k = {K_CLICK} (at most 2c - 1 while a label has c clicks), no online adaptation. Mean J "
+                 f"video, k = {K_CLICK} (at most 2c - 1 while a label has c clicks), the vote blended with labels "
+                 f"propagated from the clicks (weight {CLICK_PROPAGATION}) unless a row says otherwise, no online "
+                 "adaptation. Mean J "
                  f"over frames, sequences and {runs}. Plot: `{plot.as_posix()}`.",
                  "", "| embedding | " + " | ".join(f"J @ {m} clicks/frame" for m in marks) + " |",
                  "|---|" + "---|" * len(marks)]

@@ -31,6 +31,7 @@ class ReferencePool:
         self.embeddings = np.zeros((0, dim), np.float32)
         self.labels = np.zeros(0, np.int64)
         self.groups = np.zeros(0, np.int64)
+        self.version = 0  # counts the edits, for what callers derive from the pool
         self._index = None
 
     def __len__(self) -> int:
@@ -49,6 +50,7 @@ class ReferencePool:
         self.embeddings = np.concatenate([self.embeddings, embeddings])
         self.labels = np.concatenate([self.labels, labels])
         self.groups = np.concatenate([self.groups, np.full(len(labels), group, np.int64)])
+        self.version += 1
         if self._index is not None:
             self._index.add(embeddings)
 
@@ -58,6 +60,7 @@ class ReferencePool:
         removed = int((~keep).sum())
         if removed:
             self.embeddings, self.labels, self.groups = self.embeddings[keep], self.labels[keep], self.groups[keep]
+            self.version += 1
             self._index = None
         return removed
 

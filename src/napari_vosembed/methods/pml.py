@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.anchor_graph import AnchorGraph
 from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.heads import Head, embed_for_head, fit, project_levels
 from ..engine.refine import STRAY_DISTANCE, drop_stray_regions, refine_frame
 from ..engine.retrieval import ReferencePool
 from ..errors import MethodError, PromptError
-from ..progress import Progress
+from ..progress import Progress, drive
 from ..prompts import Prompts
 from ..engine.losses import pml_triplet
 from . import Method, register_method
@@ -39,6 +40,9 @@ K_CLICK = 3
 #: One-shot fine-tuning of the head on the annotated masks: Adam steps and learning rate (beyond the
 #: paper; chosen on a validation split, docs/pml.md).
 FINETUNE_STEPS, FINETUNE_LR = 100, 2e-4
+#: With clicks alone, the weight of label propagation through the video's anchor graph against the
+#: k-nearest-neighbour vote (beyond the paper; chosen on a validation split, docs/pml.md).
+CLICK_PROPAGATION = 0.5
 
 
 class PMLHead(Head):
@@ -99,17 +103,23 @@ class PMLSession:
 
     k_mask / k_click: neighbours voting when the pool holds mask (or scribble) pixels / only
     clicks (Sec. 3.2: k = 5 and k = 1; k_click = 3 here, lowered so that one click still wins, see
-    `k`). max_refs_per_frame: a dense mask adds at most this many cells, split evenly between its
-    labels (all of a label's cells when it has fewer), which bounds the retrieval cost per frame;
-    the default keeps every cell of a 480p frame (6,420 at stride 8), as the paper does.
+    `k`). click_propagation: with clicks alone, each cell's scores are (1 - mu) times the vote plus
+    mu times the labels propagated from the clicks over the video's anchor graph (beyond the paper,
+    `engine/anchor_graph.py`; 0: the vote alone). max_refs_per_frame: a dense mask adds at most
+    this many cells, split evenly between its labels (all of a label's cells when it has fewer),
+    which bounds the retrieval cost per frame; the default keeps every cell of a 480p frame (6,420
+    at stride 8), as the paper does.
     """
 
     def __init__(self, video, embeddings: Embeddings, head: PMLHead | None, device: torch.device,
-                 k_mask: int = 5, k_click: int = K_CLICK, refine: bool = True, max_refs_per_frame: int = 10000):
+                 k_mask: int = 5, k_click: int = K_CLICK, refine: bool = True, max_refs_per_frame: int = 10000,
+                 click_propagation: float = CLICK_PROPAGATION):
+        check_click_propagation(click_propagation)
         self.video = video
         self.embeddings = embeddings
         self.device = device
         self.k_mask, self.k_click, self.refine = k_mask, k_click, refine
+        self.click_propagation = click_propagation
         self.max_refs_per_frame = max_refs_per_frame
         self.frame_shape = embeddings.frame_shape
         self.grid = embeddings.grid_shape
@@ -117,6 +127,8 @@ class PMLSession:
         self.head = head.to(device) if head is not None else None
         self._intensity = video.intensity_range()
         self._pixel_embeddings = self._embed_all()
+        self._graph: dict[str, AnchorGraph] = {}  # shared with the views of `with_prompts`
+        self._anchor_scores: tuple = (None, None)
         self.pool = ReferencePool(self._pixel_embeddings.shape[-1], device)
         self._groups: dict[int, Prompts] = {}
         self._sync_prompts()
@@ -177,13 +189,15 @@ class PMLSession:
         self._has_dense = bool(self.prompts.masks or self.prompts.scribbles or self.prompts.boxes)
 
     def with_prompts(self, prompts: Prompts, **options) -> PMLSession:
-        """A session sharing these embeddings with a fresh pool of exactly `prompts`; `options`
-        override k_mask, k_click, refine or max_refs_per_frame. Work running on this session is
-        not disturbed, so a viewer can start over at every edit."""
-        unknown = set(options) - {"k_mask", "k_click", "refine", "max_refs_per_frame"}
+        """A session sharing these embeddings (and anchor graph) with a fresh pool of exactly
+        `prompts`; `options` override k_mask, k_click, refine, max_refs_per_frame or
+        click_propagation. Work running on this session is not disturbed, so a viewer can start
+        over at every edit."""
+        unknown = set(options) - {"k_mask", "k_click", "refine", "max_refs_per_frame", "click_propagation"}
         if unknown:
             raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
         view = copy.copy(self)
+        check_click_propagation(options.get("click_propagation", 0))
         for name, value in options.items():
             setattr(view, name, value)
         view.pool = ReferencePool(self.pool.dim, self.device)
@@ -224,12 +238,41 @@ class PMLSession:
         if not (self.pool.label_values > 0).any():
             raise PromptError("the references hold no object: add a positive click or a mask with a label > 0")
 
+    @property
+    def propagating(self) -> bool:
+        """Whether the scores blend in label propagation: clicks alone, and click_propagation > 0."""
+        return self.click_propagation > 0 and not self._has_dense
+
+    def build_anchor_graph(self) -> Generator[Progress, None, AnchorGraph]:
+        """The anchor graph of this video's cells (`engine/anchor_graph.py`), built once and shared
+        with every view of this session; a few seconds for 100 frames at 480p."""
+        if "graph" not in self._graph:
+            yield Progress(0, 1, "anchor graph")
+            self._graph["graph"] = AnchorGraph(self._pixel_embeddings.reshape(-1, self._pixel_embeddings.shape[-1]))
+            yield Progress(1, 1, "anchor graph")
+        return self._graph["graph"]
+
+    def _propagated(self, t: int, cells: np.ndarray | None) -> np.ndarray:
+        """Label scores of frame t's cells propagated from the pool over the anchor graph; the
+        anchor scores are computed once per state of the pool."""
+        graph = drive(self.build_anchor_graph(), quiet=True)
+        key = (id(self.pool), self.pool.version)
+        if self._anchor_scores[0] != key:
+            self._anchor_scores = (key, graph.propagate(self.pool.embeddings, self.pool.labels, self.pool.label_values))
+        n = self.grid[0] * self.grid[1]
+        rows = slice(t * n, (t + 1) * n) if cells is None else t * n + np.asarray(cells)
+        return graph.scores(self._anchor_scores[1], rows)
+
     def frame_scores(self, t: int, k: int | None = None, cells: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Vote fractions `(h, w, L)` for frame t, the label values, and the unanimous cells; with
-        `cells` (flat grid indices), the votes of those cells only, `(len(cells), L)`."""
+        `cells` (flat grid indices), the votes of those cells only, `(len(cells), L)`. With clicks
+        alone (`propagating`), (1 - mu) vote + mu propagated labels, mu = click_propagation."""
         queries = self.frame_embeddings(t) if cells is None else self._pixel_embeddings[t, cells].astype(np.float32)
         scores, unanimous = self.pool.vote(queries, k or self.k)
+        if self.propagating:
+            mu = self.click_propagation
+            scores = (1 - mu) * scores + mu * self._propagated(t, cells)
         return (scores if cells is not None else scores.reshape(*self.grid, -1)), self.pool.label_values, unanimous
 
     def to_labels(self, t: int, scores: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -288,6 +331,7 @@ class PMLSession:
         tuned = copy.copy(self)
         tuned.head = head.eval().requires_grad_(False)
         tuned._pixel_embeddings = tuned._embed_all()
+        tuned._graph = {}
         tuned = tuned.with_prompts(self.prompts)
         tuned.finetune_history = history
         return tuned
@@ -332,6 +376,8 @@ class PMLSession:
         if finetune_steps and self.finetunable:
             tuned = yield from self.finetuned(finetune_steps)
             return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0, stray_distance))
+        if self.propagating:
+            yield from self.build_anchor_graph()
         n = len(self.video)
         start = min(self.prompts.frames) if self.prompts.frames else 0
         labels = np.zeros((n, *self.frame_shape), np.uint8 if self.pool.label_values.max() < 256 else np.int32)
@@ -365,6 +411,12 @@ def check_stray_distance(distance: int) -> None:
     """The spatial-consistency check takes a distance of 0 (off) or more grid cells: refuse less, naming it."""
     if distance < 0:
         raise MethodError(f"stray_distance must be 0 (off) or more grid cells, not {distance}")
+
+
+def check_click_propagation(weight: float) -> None:
+    """Label propagation's weight in the click vote lies in [0, 1]: refuse others, naming it."""
+    if not 0 <= weight <= 1:
+        raise MethodError(f"click_propagation must lie in [0, 1] (0: the vote alone), not {weight}")
 
 
 def check_finetune_steps(steps: int) -> None:
@@ -409,6 +461,11 @@ class PML(Method):
         k_click: int = field(default=K_CLICK, metadata={
             "advanced": True, "help": "neighbours voting for each pixel when only clicks are given (fewer while "
                                       "a label has too few clicks to win a majority)"})
+        click_propagation: float = field(default=CLICK_PROPAGATION, metadata={
+            "advanced": True, "widget": {"min": 0.0, "max": 1.0, "step": 0.05},
+            "help": "with clicks alone: the weight of the labels propagated from the clicks through the whole "
+                    "video (an anchor graph of its pixels) against the nearest clicks' vote (0: the vote alone, "
+                    "as in the paper)"})
         refine: bool = field(default=True, metadata={
             "advanced": True, "help": "snap the borders to image edges (guided filter)"})
         stray_distance: int = field(default=STRAY_DISTANCE, metadata={
@@ -425,11 +482,13 @@ class PML(Method):
             check_adaptation(self.adapt_per_frame, self.adapt_window)
             check_finetune_steps(self.finetune_steps)
             check_stray_distance(self.stray_distance)
+            check_click_propagation(self.click_propagation)
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
         p = self.params
         session = yield from PMLSession.open(video, None if p.head in ("none", "") else p.head, self.device,
-                                             k_mask=p.k_mask, k_click=p.k_click, refine=p.refine)
+                                             k_mask=p.k_mask, k_click=p.k_click, refine=p.refine,
+                                             click_propagation=p.click_propagation)
         session.add_prompts(prompts)
         labels = yield from session.predict_all(p.online_adaptation, p.adapt_per_frame, p.adapt_window,
                                                 p.finetune_steps, p.stray_distance)
