@@ -140,19 +140,20 @@ def _random_pixel(region: np.ndarray, rng: np.random.Generator) -> tuple[int, in
     return int(ys[i]), int(xs[i])
 
 
-def click_curve(seq, head, device: str, max_clicks_per_frame: float, seed: int = 0,
-                click_propagation: float = CLICK_PROPAGATION) -> list[tuple[float, float]]:
-    """The click robot of Sec. 4.3: a random object click and a random background click on a
-    random frame to start, then each new click on a random wrongly labelled pixel of the whole
-    video, labelled from the ground truth. Returns [(clicks per frame, mean J over frames)]."""
-    gt = np.stack(seq.ground_truth()) > 0
+def click_curve(session: PMLSession, gt: np.ndarray, max_clicks_per_frame: float, seed: int = 0
+                ) -> list[tuple[float, float]]:
+    """The click robot of Sec. 4.3 on a view of `session` against the (T, H, W) mask `gt`: a
+    random object click and a random background click on a random frame to start, then
+    each new click on a random wrongly labelled pixel of the whole video, labelled from the ground
+    truth. Returns [(clicks per frame, mean J over frames)]."""
     n = len(gt)
     rng = np.random.default_rng(seed)
-    session = _open(seq, head, device, click_propagation=click_propagation)
     with_object = np.flatnonzero(gt.reshape(n, -1).any(1))
     t0 = int(rng.choice(with_object))
+    first = Prompts()
     for label, region in ((1, gt[t0]), (0, ~gt[t0])):
-        session.add_prompts(Prompts().add_point(t0, *_random_pixel(region, rng), label))
+        first.add_point(t0, *_random_pixel(region, rng), label)
+    session = session.with_prompts(first)
     curve = []
     clicks = 2
     while True:
@@ -184,9 +185,12 @@ def clicks(data: Path, names: list[str] | None, device: str, max_clicks_per_fram
     for variant, (head, propagation) in CLICK_VARIANTS.items():
         per_seq = {}
         for name in names:
+            seq = read_sequence(data / name)
+            gt = np.stack(seq.ground_truth()) > 0
+            session = _open(seq, head, device, click_propagation=propagation)  # embedded once for all seeds
             per_seq[name] = []
             for seed in range(seeds):
-                curve = click_curve(read_sequence(data / name), head, device, max_clicks_per_frame, seed, propagation)
+                curve = click_curve(session, gt, max_clicks_per_frame, seed)
                 per_seq[name].append(curve)
                 print(f"{variant} {name} seed {seed}: J {curve[-1][1]:.3f} at {curve[-1][0]:.2f} clicks/frame",
                       file=sys.stderr)
