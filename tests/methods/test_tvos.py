@@ -256,7 +256,12 @@ def test_clicks_seed_the_propagation_through_pml():
     frames, masks = scene(n=6, size=(96, 128), side=32)
     prompts = Prompts().add_point(2, 28, 40, 1).add_point(2, 80, 110, 0)
     s = session(frames)
-    seeds = drive(seed_masks(frames, prompts, "cpu", None, TINY), quiet=True)
+    run, stages = seed_masks(frames, prompts, "cpu", None, TINY), []
+    with pytest.raises(StopIteration) as done:
+        while True:
+            stages.append(next(run).stage)
+    seeds = done.value.value
+    assert "anchor graph" in stages  # PML's label propagation from the clicks, with its progress
     assert list(seeds) == [2] and db_eval_iou(masks[2] == 1, seeds[2] == 1) > 0.7
     labels = drive(s.propagate(seeds, 2, 1), quiet=True)
     assert not labels[:2].any()

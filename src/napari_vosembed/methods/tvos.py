@@ -484,6 +484,8 @@ def seed_masks(video, prompts: Prompts, device: str | torch.device, pml_head: st
         if matcher is None:
             matcher = yield from PMLSession.open(video, pml_head, device, settings=settings)
         session = matcher.with_prompts(prompts)
+        if session.propagating:
+            yield from session.build_anchor_graph()
         masks.update((t, session.predict_frame(t)) for t in sparse)
     return masks
 
