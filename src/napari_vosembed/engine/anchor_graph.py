@@ -4,15 +4,16 @@ With a few dozen clicks as references, a cell's k nearest references decide its 
 a region unlike any click goes to whichever click it happens to resemble most. Label propagation
 (Zhou, Bousquet, Lal, Weston, Schoelkopf, NIPS 2004, "Learning with local and global consistency")
 lets the unlabelled cells carry the labels along the video's own structure instead:
-F* = (I - alpha S)^{-1} Y, S the symmetrically normalised affinity (their Eq. 1-2, the closed form
-of F(t+1) = alpha S F(t) + (1 - alpha) Y up to a constant factor). A graph over every cell (half a
-million for 100 frames at 480p) is too large, so the propagation runs over an anchor graph (Liu,
+F* = (I - alpha S)^{-1} Y, S the symmetrically normalised affinity with a zero diagonal (the limit
+of F(t+1) = alpha S F(t) + (1 - alpha) Y, up to a constant factor). A graph over every cell (half
+a million for 100 frames at 480p) is too large, so the propagation runs over an anchor graph (Liu,
 He, Chang, ICML 2010, "Large graph construction for scalable semi-supervised learning"): m anchors
 (spherical k-means of the cells' embeddings), each cell tied to its s nearest anchors with weights
 Z (rows summing to 1, a kernel on the similarity), and the anchors' affinity
-W = Lambda^{-1/2} Z^T Z Lambda^{-1/2} (Lambda = diag(Z^T 1), their Eq. 7 reduced to the anchors).
-The references enter as anchor weights (each label's references with equal total mass), propagate
-among the anchors, and come back to every cell through Z.
+W = Lambda^{-1/2} Z^T Z Lambda^{-1/2} (Lambda = diag(Z^T 1)), which has the nonzero spectrum of
+their cells' adjacency Z Lambda^{-1} Z^T. The references enter as anchor weights (each label's
+references with equal total mass), propagate among the anchors, and come back to every cell
+through Z.
 """
 
 from __future__ import annotations
@@ -44,13 +45,15 @@ class AnchorGraph:
         self.per_cell, self.bandwidth = min(per_cell, m), bandwidth
         self.anchors = np.empty((n, self.per_cell), np.int32)
         self.weights = np.empty((n, self.per_cell), np.float32)
+        w, lam = np.zeros(m * m), np.full(m, 1e-8)
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
-            self.anchors[rows], self.weights[rows] = self._tie(embeddings[rows])
-        pairs = (self.anchors[:, :, None].astype(np.int64) * m + self.anchors[:, None, :]).reshape(-1)
-        w = np.bincount(pairs, (self.weights[:, :, None] * self.weights[:, None, :]).reshape(-1), m * m).reshape(m, m)
-        lam = np.bincount(self.anchors.reshape(-1), self.weights.reshape(-1), m) + 1e-8
-        w /= np.sqrt(np.outer(lam, lam))
+            a, z = self.anchors[rows], self.weights[rows]
+            a[:], z[:] = self._tie(embeddings[rows])
+            w += np.bincount((a[:, :, None].astype(np.int64) * m + a[:, None, :]).reshape(-1),
+                             (z[:, :, None] * z[:, None, :]).reshape(-1), m * m)  # Z^T Z
+            lam += np.bincount(a.reshape(-1), z.reshape(-1), m)  # Z^T 1
+        w = w.reshape(m, m) / np.sqrt(np.outer(lam, lam))
         np.fill_diagonal(w, 0)
         degree = np.sqrt(w.sum(1) + 1e-12)
         self._propagator = np.linalg.inv(np.eye(m) - alpha * w / np.outer(degree, degree))
