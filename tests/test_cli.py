@@ -98,7 +98,7 @@ def test_segment_pml_end_to_end_on_the_sample_clip(backbone, sample_seq, tmp_pat
     ("pml", "adapt_window=0", "adapt_window must be at least 1, not 0"),
     ("pml", "finetune_steps=-1", "finetune_steps must be 0 (off) or more, not -1"),
     ("tvos", "stray_distance=-1", "stray_distance must be 0 (off) or more grid cells, not -1"),
-    ("pml", "click_propagation=2", "click_propagation must lie in [0, 1] (0: the vote alone), not 2"),
+    ("pml", "click_propagation=2", "click_propagation must lie in [0, 1], not 2"),
 ])
 def test_a_method_parameter_out_of_range_is_refused_before_any_work(sample_seq, tmp_path, capsys, method, param,
                                                                     message):

@@ -127,7 +127,7 @@ def test_clicks_alone_blend_the_vote_with_labels_propagated_over_the_video(tmp_p
 @pytest.mark.parametrize("weight", [-0.1, 1.5])
 def test_a_click_propagation_weight_outside_0_to_1_is_refused(tmp_path, weight):
     frames, _ = scene()
-    message = rf"click_propagation must lie in \[0, 1\] \(0: the vote alone\), not {weight}"
+    message = rf"click_propagation must lie in \[0, 1\], not {weight}"
     with pytest.raises(MethodError, match=message):
         PML.Params(click_propagation=weight)
     with pytest.raises(MethodError, match="click_propagation"):

@@ -175,8 +175,6 @@ def clicks(data: Path, names: list[str] | None, device: str, max_clicks_per_fram
     robot along other clicks, so one seed moves the curve by several points."""
     from . import machine, write_report
 
-    if seeds < 1:
-        raise ValueError(f"the click robot needs at least 1 seed, not {seeds}")
     names = held_out(data, names)
     measured_on = machine()
     grid = np.round(np.arange(0.05, max_clicks_per_frame + 1e-9, 0.05), 2)

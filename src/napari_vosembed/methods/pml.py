@@ -114,7 +114,7 @@ class PMLSession:
     def __init__(self, video, embeddings: Embeddings, head: PMLHead | None, device: torch.device,
                  k_mask: int = 5, k_click: int = K_CLICK, refine: bool = True, max_refs_per_frame: int = 10000,
                  click_propagation: float = CLICK_PROPAGATION):
-        check_click_propagation(click_propagation)
+        check_weight("click_propagation", click_propagation)
         self.video = video
         self.embeddings = embeddings
         self.device = device
@@ -197,7 +197,7 @@ class PMLSession:
         if unknown:
             raise TypeError(f"unknown session option(s): {', '.join(sorted(unknown))}")
         view = copy.copy(self)
-        check_click_propagation(options.get("click_propagation", 0))
+        check_weight("click_propagation", options.get("click_propagation", 0))
         for name, value in options.items():
             setattr(view, name, value)
         view.pool = ReferencePool(self.pool.dim, self.device)
@@ -413,10 +413,11 @@ def check_stray_distance(distance: int) -> None:
         raise MethodError(f"stray_distance must be 0 (off) or more grid cells, not {distance}")
 
 
-def check_click_propagation(weight: float) -> None:
-    """Label propagation's weight in the click vote lies in [0, 1]: refuse others, naming it."""
-    if not 0 <= weight <= 1:
-        raise MethodError(f"click_propagation must lie in [0, 1] (0: the vote alone), not {weight}")
+def check_weight(name: str, value: float) -> None:
+    """A blending weight (PML's click_propagation, TVOS's global_matching) lies in [0, 1]: refuse
+    others, naming the parameter."""
+    if not 0 <= value <= 1:
+        raise MethodError(f"{name} must lie in [0, 1], not {value}")
 
 
 def check_finetune_steps(steps: int) -> None:
@@ -482,7 +483,7 @@ class PML(Method):
             check_adaptation(self.adapt_per_frame, self.adapt_window)
             check_finetune_steps(self.finetune_steps)
             check_stray_distance(self.stray_distance)
-            check_click_propagation(self.click_propagation)
+            check_weight("click_propagation", self.click_propagation)
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
         p = self.params

@@ -46,7 +46,8 @@ from ..errors import MethodError, PromptError, VosEmbedError
 from ..progress import Progress
 from ..prompts import Prompts
 from . import Method, register_method
-from .pml import ADAPT_WINDOW, FINETUNE_STEPS, PMLSession, check_finetune_steps, check_stray_distance
+from .pml import (ADAPT_WINDOW, FINETUNE_STEPS, PMLSession, check_finetune_steps, check_stray_distance,
+                  check_weight)
 
 #: The trained head that ships with the package (model card: docs/tvos.md).
 DEFAULT_HEAD = Path(__file__).parents[1] / "models" / "tvos_head.pt"
@@ -252,8 +253,7 @@ def propagate(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, sig
 def check_global_matching(value: float, adapt_matcher: bool = False, finetune_steps: int = 0) -> None:
     """lambda is a weight: refuse anything outside [0, 1], naming it; an adapted or fine-tuned
     matcher needs lambda > 0; fine-tuning takes 0 steps or more."""
-    if not 0 <= value <= 1:
-        raise MethodError(f"global_matching must lie in [0, 1], not {value}")
+    check_weight("global_matching", value)
     check_finetune_steps(finetune_steps)
     for option, what, off in (("adapt_matcher", adapt_matcher, "adapt_matcher off"),
                               ("finetune_steps", finetune_steps > 0, "finetune_steps 0")):
