@@ -9,6 +9,7 @@ Object ids are positive integers; id 0 is the background. A point with id 0 is a
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,6 +187,17 @@ class Prompts:
             return ReferencePixels(empty, empty, empty, empty)
         f, y, x, lab = (np.concatenate([np.asarray(p[i]) for p in parts]).astype(np.int64) for i in range(4))
         return ReferencePixels(f, y, x, lab)
+
+
+def masks_digest(masks: dict[int, np.ndarray]) -> str:
+    """A fingerprint of painted masks (frames, shapes, types and every pixel): what a head fine-tuned on
+    them depends on, so that a tuned head is reused while the masks stay the same."""
+    digest = hashlib.blake2b(digest_size=16)
+    for t in sorted(masks):
+        mask = np.ascontiguousarray(masks[t])
+        digest.update(repr((t, mask.shape, str(mask.dtype))).encode())
+        digest.update(mask.tobytes())
+    return digest.hexdigest()
 
 
 def _box_pixels(b: Box, height: int, width: int) -> list[tuple[np.ndarray, ...]]:

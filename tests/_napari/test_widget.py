@@ -405,6 +405,93 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     assert clip.errors() == []
 
 
+def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypatch):
+    """Propagate and Segment all frames with TVOS share the dock's PML session (its embedding, its
+    anchor graph for the clicks) as matcher, and keep the TVOS session while its parameters stay."""
+    from napari_vosembed._napari import widget
+    from napari_vosembed.methods import pml
+    from napari_vosembed.methods.tvos import TVOS, TVOSSession
+    from napari_vosembed.progress import drive
+
+    monkeypatch.setattr(widget, "EMBEDDING_SETTINGS", None)  # the shipped heads' features, as TVOS's
+    opened, built = [], []
+    originals = {cls: cls.open.__func__ for cls in (PMLSession, TVOSSession)}
+
+    def counting(cls, *args, **kwargs):
+        opened.append(cls.__name__)
+        return originals[cls](cls, *args, **kwargs)
+
+    class CountedGraph(pml.AnchorGraph):
+        def __init__(self, *args, **kwargs):
+            built.append(args[0].shape)
+            super().__init__(*args, **kwargs)
+
+    for cls in originals:
+        monkeypatch.setattr(cls, "open", classmethod(counting))
+    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
+    viewer, w = clip.viewer, clip.widget
+    w.method.value = "tvos"
+    points = w.add_points_layer()
+    pos, neg = sample_points(clip.masks[FRAME], 2, 4)
+    for y, x in pos:
+        click(viewer, points, FRAME, y, x)
+    for y, x in neg:
+        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    assert opened == [] and w.output.value is None  # no instant updates for TVOS
+    viewer.dims.set_current_step(0, FRAME)
+    w.forward_button.clicked.emit()
+    forward = np.array(w.output.value.data)
+    assert forward[FRAME:].any() and not forward[:FRAME].any()
+    w.backward_button.clicked.emit()
+    w.segment_button.clicked.emit()
+    assert opened == ["PMLSession", "TVOSSession"] and len(built) == 1
+    assert w._tvos[1].matcher is w._session  # the dock's session is the matcher
+    kept = w._tvos[1]
+    stray = next(p for p in w._param_widgets if p.name == "stray_distance")
+    stray.value = 0  # another parameter: a new TVOS session, on the same PML session
+    w.forward_button.clicked.emit()
+    assert opened == ["PMLSession", "TVOSSession", "TVOSSession"] and w._tvos[1] is not kept
+    forward, prompts = np.array(w.output.value.data[FRAME:]), w.prompts(clip.image)
+    w.method.value = "pml"  # the same PML session, its anchor graph ready for the clicks
+    click(viewer, points, FRAME, *pos[0])
+    assert opened.count("PMLSession") == 1 and len(built) == 1
+    assert clip.errors() == []
+    alone = TVOS(device="cpu", stray_distance=0).propagate(L.image_video(clip.image), prompts, FRAME, 1)
+    np.testing.assert_array_equal(forward, drive(alone, quiet=True)[FRAME:])  # the labels of the library's run
+
+
+def test_an_anchor_graph_the_parameters_ask_for_is_built_in_the_sessions_worker(clip, click, monkeypatch):
+    """A session opened without click propagation gets its anchor graph from a worker job when the
+    parameter is turned on, not lazily on the main thread at the next click."""
+    from napari_vosembed.methods import pml
+
+    built = []
+
+    class CountedGraph(pml.AnchorGraph):
+        def __init__(self, *args, **kwargs):
+            built.append(args[0].shape)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
+    viewer, w = clip.viewer, clip.widget
+    mu = next(p for p in w._param_widgets if p.name == "click_propagation")
+    mu.value = 0.0
+    points = w.add_points_layer()
+    pos, neg = sample_points(clip.masks[FRAME], 2, 3)
+    for y, x in pos:
+        click(viewer, points, FRAME, y, x)
+    for y, x in neg:
+        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    before = np.array(w.output.value.data)
+    session = w._session
+    assert built == [] and not session.has_anchor_graph
+    mu.value = 0.5
+    assert len(built) == 1 and w._session is session
+    assert w._session_job.last_progress.stage == "anchor graph" and w._session_job.finished
+    assert not np.array_equal(w.output.value.data, before)  # the clicks' labels now propagate
+    assert clip.errors() == []
+
+
 def test_grayscale_16bit_microscopy_keeps_its_contrast_limits(make_napari_viewer, tmp_path):
     import tifffile
 

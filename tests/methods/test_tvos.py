@@ -375,8 +375,8 @@ def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
     weights = [p.clone() for p in head.parameters()]
     matcher = PMLSession(video, emb, head, torch.device("cpu"))
 
-    def run(s):
-        gen, stages = s.run({0: masks[0]}), []
+    def run(s, annotated=None):
+        gen, stages = s.run(annotated or {0: masks[0]}), []
         with pytest.raises(StopIteration) as done:
             while True:
                 stages.append(next(gen).stage)
@@ -392,6 +392,13 @@ def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
     assert len(matcher.pool) == 0
     for obj in (1, 2):
         assert min(db_eval_iou(masks[t] == obj, labels[t] == obj) for t in range(1, 5)) > 0.8
+    tuned_matcher = tuned._tuned[1]
+    again, _ = run(tuned)  # the same masks again: no second fine-tuning, a fresh pool of them
+    assert "training" not in again and tuned._tuned[1] is tuned_matcher
+    assert tuned._global is not tuned_matcher and tuned._global.head is tuned_matcher.head
+    assert len(tuned._global.pool) == len(tuned_matcher.pool)
+    other, _ = run(tuned, {1: masks[1]})  # other masks: tuned anew
+    assert other.count("training") == 20 and tuned._tuned[1] is not tuned_matcher
     untuned = TVOSSession(video, emb, None, torch.device("cpu"), **options)
     assert "training" not in run(untuned)[0] and untuned._global.head is head
     raw = session(frames, global_matching=0.3)  # raw features: nothing to fine-tune
@@ -409,6 +416,11 @@ def test_the_session_opens_its_pml_matcher_on_the_same_grid():
     assert s.global_matching == GLOBAL_MATCHING and s.matcher.grid == s.grid
     assert drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, global_matching=0),
                  quiet=True).matcher is None
+    shared = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, matcher=s.matcher), quiet=True)
+    assert shared.matcher is s.matcher  # an open PML session on the same features is shared, not reopened
+    other = PMLSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"))
+    own = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, matcher=other), quiet=True)
+    assert own.matcher is not other and own.matcher.embeddings.settings == TINY  # other features: its own
     coarse = PMLSession(as_video(frames), colour_embeddings(frames, stride=8), None, torch.device("cpu"))
     with pytest.raises(VosEmbedError, match=r"PML embeddings \(8x12 cells\) and the TVOS embeddings \(16x24\)"):
         TVOSSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=coarse)

@@ -11,7 +11,6 @@ with napari progress bars and can be cancelled; errors become notifications.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import typing
 from pathlib import Path
@@ -24,7 +23,8 @@ from superqt import QCollapsible
 
 from ..errors import PromptError, VosEmbedError
 from ..methods import available_methods, iter_segment
-from ..prompts import SCRIBBLE_BACKGROUND, Prompts
+from ..methods.tvos import TVOS, matcher_head
+from ..prompts import SCRIBBLE_BACKGROUND, Prompts, masks_digest
 from . import layers as L
 from .workers import Job, notify_error, sync_workers
 
@@ -101,6 +101,8 @@ class SegmentWidget(QWidget):
         self._after_session: list = []
         #: (key, session): the session whose head was fine-tuned on the masks of `key` (`_tuned_key`)
         self._tuned: tuple | None = None
+        #: (key, session): the TVOS session of the last TVOS run, for the next with the same parameters
+        self._tvos: tuple | None = None
         self._run_job: Job | None = None
         self._live_job: Job | None = None
         self._live_pending = False
@@ -593,9 +595,13 @@ class SegmentWidget(QWidget):
         return resolve_device(self.device.value)
 
     def _session_spec(self, image):
+        """(key, head, device) of the PML session of `image`; for TVOS, the PML head of its matcher."""
         params = self.params()
         head = params.get("head", "default")
         head = None if head in (None, "", "none") else head
+        cls = self.method_class()
+        if cls is not None and cls.name == "tvos":
+            head = matcher_head(head)
         device = self._device()
         return (image.unique_id, head, str(device), EMBEDDING_SETTINGS), head, device
 
@@ -609,23 +615,27 @@ class SegmentWidget(QWidget):
         self._session_job = None
         self._after_session = []
         self._tuned = None
+        self._tvos = None
 
     def with_session(self, image, then) -> None:
         """Call `then(session)` with the PML session of `image`, opening it (embedding the video,
-        cached on disk) in a worker first when needed."""
+        cached on disk) in a worker first when needed, or building there the anchor graph that
+        the current parameters need and the open session lacks."""
         key, head, device = self._session_spec(image)
-        if self._session is not None and self._session_key == key:
-            then(self._session)
+        params = self.params()
+        options = {k: params[k] for k in SESSION_OPTIONS if k in params}
+        ready = self._session if self._session is not None and self._session_key == key else None
+        if ready is not None and not _needs_graph(ready, options):
+            then(ready)
             return
         if self._session_job is not None and self._session_job.running and self._session_key == key:
             self._after_session = [then]  # the latest request wins
             return
-        self._drop_session()
+        if ready is None:
+            self._drop_session()
         self._session_key = key
         self._after_session = [then]
         video = L.image_video(image)
-        params = self.params()
-        options = {k: params[k] for k in SESSION_OPTIONS if k in params}
 
         def opened(session):
             self._session = session
@@ -638,9 +648,10 @@ class SegmentWidget(QWidget):
                 self._session_key = None if self._session is None else self._session_key
             self._update_state()
 
-        self._set_status(f"computing the embeddings of {image.name!r} (once; cached on disk)")
+        self._set_status(f"computing the embeddings of {image.name!r} (once; cached on disk)" if ready is None
+                         else f"building the anchor graph of {image.name!r} (once)")
         self._session_job = Job(
-            lambda: _open_session(video, head, device, options),
+            lambda: _open_session(video, head, device, options, ready),
             f"embedding {image.name}",
             on_progress=lambda p: self._set_status(f"{p.stage} {p.done}/{p.total}"),
             on_result=opened,
@@ -661,12 +672,7 @@ class SegmentWidget(QWidget):
 
     def _tuned_key(self, prompts: Prompts) -> tuple:
         """What a fine-tuned head depends on: the session, the number of steps and the masks."""
-        digest = hashlib.blake2b(digest_size=16)
-        for t in sorted(prompts.masks):
-            mask = np.ascontiguousarray(prompts.masks[t])
-            digest.update(repr((t, mask.shape, str(mask.dtype))).encode())
-            digest.update(mask.tobytes())
-        return self._session_key, self.params().get("finetune_steps", 0), digest.hexdigest()
+        return self._session_key, self.params().get("finetune_steps", 0), masks_digest(prompts.masks)
 
     @staticmethod
     def _walk_options(params: dict) -> dict:
@@ -802,6 +808,9 @@ class SegmentWidget(QWidget):
             self._write(image, labels)
             self._set_status(f"{cls.name}: segmented {len(labels)} frames")
 
+        if cls.name == "tvos":
+            self._run_tvos(image, prompts, None, 0, f"{cls.name} on all frames", write)
+            return
         if cls.name in LIVE_METHODS:
             def run(session):
                 view = self.session_for(prompts)
@@ -827,13 +836,45 @@ class SegmentWidget(QWidget):
         prompts = self.prompts(image)
         prompts.validate(*L.video_shape(image))
         start = L.frame_in_view(self.viewer, image)
+        frames = range(start, n) if direction > 0 else range(0, start + 1)
+        desc = f"{cls.name} {'forward' if direction > 0 else 'backward'} from frame {start}"
+
+        def write(labels):
+            self._write(image, labels, frames)
+
+        if cls.name == "tvos":
+            self._run_tvos(image, prompts, start, direction, desc, write)
+            return
         method = cls(device=self.device.value, **self.params())
         video = L.image_video(image)
-        frames = range(start, n) if direction > 0 else range(0, start + 1)
-        word = "forward" if direction > 0 else "backward"
-        self._start_run(lambda: method.propagate(video, prompts, start=start, direction=direction),
-                        f"{cls.name} {word} from frame {start}",
-                        lambda labels: self._write(image, labels, frames))
+        self._start_run(lambda: method.propagate(video, prompts, start=start, direction=direction), desc, write)
+
+    def _run_tvos(self, image, prompts: Prompts, start: int | None, direction: int, desc: str, on_result) -> None:
+        """Run TVOS (`TVOS.segment_with`: every frame, or one way from `start`) on the dock's sessions:
+        the PML session of `image` (`with_session`) is its global matcher and seeds its clicks, with
+        the embeddings and anchor graph it holds, and the TVOS session stays for the next run with
+        the same parameters (its embeddings and fine-tuned matcher with it)."""
+        params = self.params()
+        method = TVOS(device=self.device.value, **params)
+        video = L.image_video(image)
+
+        def run(pml):
+            key = (self._session_key, repr(params))
+            kept = self._tvos[1] if self._tvos is not None and self._tvos[0] == key else None
+
+            def work():
+                session = kept or (yield from method.open_session(video, matcher=pml))
+                labels = yield from method.segment_with(session, prompts, start, direction, matcher=pml)
+                return session, labels
+
+            def finished(result):
+                if key[0] == self._session_key:
+                    self._tvos = (key, result[0])
+                on_result(result[1])
+
+            self._start_run(work, desc, finished)
+
+        self.with_session(image, run)
 
     def cancel(self) -> None:
         """Stop every running job; what was written stays, the rest is dropped."""
@@ -873,15 +914,22 @@ class SegmentWidget(QWidget):
         super().closeEvent(event)
 
 
-def _open_session(video, head, device, options: dict):
-    """Open the PML session of `video` (a progress generator); with click propagation among the
-    options, build its anchor graph too, so that the first click answers at once."""
+def _open_session(video, head, device, options: dict, session=None):
+    """Open the PML session of `video` unless `session` is given (a progress generator); with click
+    propagation among the options, build its anchor graph too, so that the first click answers at
+    once, out of the main thread."""
     from ..methods.pml import PMLSession
 
-    session = yield from PMLSession.open(video, head=head, device=device, settings=EMBEDDING_SETTINGS, **options)
+    if session is None:
+        session = yield from PMLSession.open(video, head=head, device=device, settings=EMBEDDING_SETTINGS, **options)
     if options.get("click_propagation", 0) > 0:
         yield from session.build_anchor_graph()
     return session
+
+
+def _needs_graph(session, options: dict) -> bool:
+    """Whether the options ask for click propagation and `session` has no anchor graph yet."""
+    return options.get("click_propagation", 0) > 0 and not session.has_anchor_graph
 
 
 def _disconnecter(connections, watched, press):

@@ -243,10 +243,15 @@ class PMLSession:
         """Whether the scores blend in label propagation: clicks alone, and click_propagation > 0."""
         return self.click_propagation > 0 and not self._has_dense
 
+    @property
+    def has_anchor_graph(self) -> bool:
+        """Whether the anchor graph is built (`build_anchor_graph`)."""
+        return "graph" in self._graph
+
     def build_anchor_graph(self) -> Generator[Progress, None, AnchorGraph]:
         """The anchor graph of this video's cells (`engine/anchor_graph.py`), built once and shared
         with every view of this session; a few seconds for 100 frames at 480p."""
-        if "graph" not in self._graph:
+        if not self.has_anchor_graph:
             yield Progress(0, 1, "anchor graph")
             self._graph["graph"] = AnchorGraph(self._pixel_embeddings.reshape(-1, self._pixel_embeddings.shape[-1]))
             yield Progress(1, 1, "anchor graph")

@@ -44,7 +44,7 @@ from ..engine.heads import Head, embed_for_head, project_levels
 from ..engine.refine import STRAY_DISTANCE, drop_stray_regions, refine_frame
 from ..errors import MethodError, PromptError, VosEmbedError
 from ..progress import Progress
-from ..prompts import Prompts
+from ..prompts import Prompts, masks_digest
 from . import Method, register_method
 from .pml import (ADAPT_WINDOW, FINETUNE_STEPS, PMLSession, check_finetune_steps, check_stray_distance,
                   check_weight)
@@ -58,6 +58,12 @@ GLOBAL_MATCHING = 0.25
 ADAPT_CONFIDENCE = 0.9
 #: Temperature of the raw backbone features (no head), chosen on the training sequences (docs/tvos.md).
 RAW_TEMPERATURE = 0.05
+
+
+def matcher_head(head: str | Path | None) -> str | None:
+    """The PML head that goes with a TVOS `head` (its global matcher, its seeds from clicks): the
+    shipped PML head beside a trained TVOS head, the raw features (None) beside the raw features."""
+    return None if head is None else "default"
 
 
 class TVOSHead(Head):
@@ -296,6 +302,8 @@ class TVOSSession:
         self.global_matching = global_matching
         self.adapt_matcher = adapt_matcher
         self._global: PMLSession | None = None
+        #: ((steps, masks_digest), session): the matcher fine-tuned on those masks, kept for later runs
+        self._tuned: tuple | None = None
         #: [cells matched globally, cells propagated] so far
         self.match_counts = [0, 0]
         self.video = video
@@ -316,14 +324,16 @@ class TVOSSession:
     @classmethod
     def open(cls, video, head: str | Path | None = "default", device: str | torch.device = "cpu",
              settings: EmbeddingSettings | None = None, global_matching: float = GLOBAL_MATCHING,
-             **options) -> Generator[Progress, None, TVOSSession]:
+             matcher: PMLSession | None = None, **options) -> Generator[Progress, None, TVOSSession]:
         """Embed `video` (cached) and return a session; yields the embedding progress. With
-        `global_matching` > 0 the session gets its PML matcher: the shipped PML head with the
-        shipped TVOS head, raw features with raw features (`head` None)."""
+        `global_matching` > 0 the session gets its PML matcher: `matcher`, an open PML session of
+        the video (shared, not embedded again), when its features are those of this head, else one
+        opened here with `matcher_head(head)`."""
         video, model, emb = yield from embed_for_head(video, TVOSHead, DEFAULT_HEAD, head, str(device), settings)
-        matcher = None
-        if global_matching > 0:
-            matcher = yield from PMLSession.open(video, None if head is None else "default", device, emb.settings)
+        if global_matching == 0:
+            matcher = None
+        elif matcher is None or matcher.embeddings.settings != emb.settings:
+            matcher = yield from PMLSession.open(video, matcher_head(head), device, emb.settings)
         return cls(video, emb, model, torch.device(device), matcher=matcher, global_matching=global_matching,
                    **options)
 
@@ -382,8 +392,8 @@ class TVOSSession:
 
     def _start(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
         """Soft grid labels of the annotated frames (`self.labels`, K = `self.values`) and the global
-        matcher over their masks (fine-tuned on them, yielding its progress); returns the output
-        volume holding the masks."""
+        matcher over their masks (fine-tuned on them, yielding its progress, unless a run before
+        tuned it on the same masks); returns the output volume holding the masks."""
         if not masks:
             raise PromptError("TVOS propagates masks: paint a mask (or run PML) on at least one frame first")
         values = np.union1d(np.unique(np.concatenate([np.unique(m) for m in masks.values()])), [0])
@@ -394,9 +404,13 @@ class TVOSSession:
                        for t, m in masks.items()}
         self._global = None
         if self.matcher is not None:
-            self._global = self.matcher.with_prompts(Prompts(masks=dict(masks)))
+            prompts = Prompts(masks=dict(masks))
+            self._global = self.matcher.with_prompts(prompts)
             if self.finetune_steps and self._global.finetunable:
-                self._global = yield from self._global.finetuned(self.finetune_steps)
+                key = (self.finetune_steps, masks_digest(masks))
+                if self._tuned is None or self._tuned[0] != key:
+                    self._tuned = (key, (yield from self._global.finetuned(self.finetune_steps)))
+                self._global = self._tuned[1].with_prompts(prompts)
         out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
         for t, m in masks.items():
             out[t] = m
@@ -490,6 +504,11 @@ def seed_masks(video, prompts: Prompts, device: str | torch.device, pml_head: st
     return masks
 
 
+def _require_annotation(prompts: Prompts) -> None:
+    if not prompts.frames:
+        raise PromptError("TVOS propagates masks: paint a mask, or click the objects, on at least one frame")
+
+
 @register_method
 class TVOS(Method):
     """Transductive propagation of masks through the video (Zhang et al. 2020)."""
@@ -534,23 +553,40 @@ class TVOS(Method):
             check_global_matching(self.global_matching, self.adapt_matcher, self.finetune_steps)
             check_stray_distance(self.stray_distance)
 
-    def _open(self, video, prompts: Prompts) -> Generator[Progress, None, tuple[TVOSSession, dict]]:
+    @property
+    def head(self) -> str | None:
+        """The `head` parameter as `TVOSSession.open` takes it (None: the raw features)."""
+        return None if self.params.head in ("none", "") else self.params.head
+
+    def open_session(self, video, matcher: PMLSession | None = None) -> Generator[Progress, None, TVOSSession]:
+        """The TVOS session of `video` with these parameters (`TVOSSession.open`; `matcher`: an open PML
+        session of the video to share), for one run or many (`segment_with`)."""
         p = self.params
-        head = None if p.head in ("none", "") else p.head
-        if not prompts.frames:
-            raise PromptError("TVOS propagates masks: paint a mask, or click the objects, on at least one frame")
-        session = yield from TVOSSession.open(video, head, self.device, temperature=p.temperature, fast=p.fast,
-                                              keep_annotated=p.keep_annotated, refine=p.refine,
-                                              global_matching=p.global_matching, adapt_matcher=p.adapt_matcher,
-                                              finetune_steps=p.finetune_steps, stray_distance=p.stray_distance)
-        masks = yield from seed_masks(video, prompts, self.device, None if head is None else "default",
-                                      session.embeddings.settings, session.matcher)
-        return session, masks
+        return (yield from TVOSSession.open(video, self.head, self.device, temperature=p.temperature, fast=p.fast,
+                                            keep_annotated=p.keep_annotated, refine=p.refine,
+                                            global_matching=p.global_matching, matcher=matcher,
+                                            adapt_matcher=p.adapt_matcher, finetune_steps=p.finetune_steps,
+                                            stray_distance=p.stray_distance))
+
+    def segment_with(self, session: TVOSSession, prompts: Prompts, start: int | None = None, direction: int = 0,
+                     matcher: PMLSession | None = None) -> Generator[Progress, None, np.ndarray]:
+        """Labels from `prompts` on an open session: every frame (`TVOSSession.run`), or with `start`
+        and `direction` one way from that frame (`TVOSSession.propagate`). Clicks, boxes and
+        scribbles are seeded by the session's matcher, else by `matcher`, else by a PML session
+        opened here (`seed_masks`)."""
+        _require_annotation(prompts)
+        masks = yield from seed_masks(session.video, prompts, self.device, matcher_head(self.head),
+                                      session.embeddings.settings, session.matcher or matcher)
+        if start is None:
+            return (yield from session.run(masks))
+        return (yield from session.propagate(masks, start, direction))
 
     def run(self, video, prompts: Prompts) -> Generator[Progress, None, np.ndarray]:
-        session, masks = yield from self._open(video, prompts)
-        return (yield from session.run(masks))
+        _require_annotation(prompts)
+        session = yield from self.open_session(video)
+        return (yield from self.segment_with(session, prompts))
 
     def propagate(self, video, prompts: Prompts, start: int, direction: int) -> Generator[Progress, None, np.ndarray]:
-        session, masks = yield from self._open(video, prompts)
-        return (yield from session.propagate(masks, start, direction))
+        _require_annotation(prompts)
+        session = yield from self.open_session(video)
+        return (yield from self.segment_with(session, prompts, start, direction))
