@@ -4,7 +4,8 @@ import numpy as np
 
 from napari_vosembed.engine import _blas
 from napari_vosembed.engine._blas import configure_openblas, cpu_flags, openblas_coretype
-from napari_vosembed.engine.refine import guided_filter, refine_labels
+from napari_vosembed.engine.refine import colour_guide, gray_guide, guided_filter, refine_frame, refine_labels
+from napari_vosembed.io import as_video
 from napari_vosembed.engine.retrieval import ReferencePool
 from napari_vosembed.metrics import db_eval_iou
 
@@ -34,6 +35,35 @@ def test_guided_filter_keeps_a_constant_and_snaps_coarse_labels_to_edges():
     refined = refine_labels(coarse, values, 8, (64, 64), guide=guide, radius=8)
     assert db_eval_iou(disk, refined == 1) > db_eval_iou(disk, plain == 1)
     assert db_eval_iou(disk, refined == 1) > 0.95
+
+
+def test_the_colour_guide_follows_an_edge_the_gray_one_cannot_see():
+    """A red disk on a green background of the same luma: the gray guide is flat, so its labels stay
+    the coarse blocks; the colour guide (He et al. 2013, Eq. 13-15) snaps them to the disk, and its
+    fast form (coefficients on a 4x subsampled grid, He and Sun 2015) labels as the full one."""
+    yy, xx = np.mgrid[:96, :96]
+    disk = (yy - 45) ** 2 + (xx - 50) ** 2 < 26**2
+    red, green = np.array([0.9, 0.1, 0.2]), np.array([0.05, 0.461, 0.57])
+    assert abs(gray_guide((red * 255)[None, None], 0, 255) - gray_guide((green * 255)[None, None], 0, 255)) < 0.01
+    frame = np.where(disk[..., None], red, green).astype(np.float32)
+    coarse = np.stack([1 - disk, disk], -1).astype(np.float32)[4::8, 4::8]
+    values = np.array([0, 1])
+    plain = refine_labels(coarse, values, 8, (96, 96))
+    gray = refine_labels(coarse, values, 8, (96, 96), guide=gray_guide(frame * 255, 0, 255), radius=16, eps=1e-5)
+    colour = refine_labels(coarse, values, 8, (96, 96), guide=colour_guide(frame * 255, 0, 255), radius=16, eps=1e-5)
+    fast = refine_labels(coarse, values, 8, (96, 96), guide=colour_guide(frame * 255, 0, 255), radius=16, eps=1e-5,
+                         subsample=4)
+    j = {name: db_eval_iou(disk, labels == 1) for name, labels in
+         (("plain", plain), ("gray", gray), ("colour", colour), ("fast", fast))}
+    print({name: round(v, 3) for name, v in j.items()})
+    assert j["gray"] < j["plain"] + 0.02 and j["colour"] > 0.98 and j["fast"] > 0.98
+    assert j["colour"] > j["plain"] + 0.03
+    three = np.concatenate([coarse, np.zeros((*coarse.shape[:2], 1), np.float32)], -1)
+    general = refine_labels(three, np.array([0, 1, 2]), 8, (96, 96), guide=colour_guide(frame * 255, 0, 255),
+                            radius=16, eps=1e-5, subsample=4)
+    assert (general == fast).mean() > 0.999  # K labels filtered together as the two-label difference
+    video = as_video((frame * 255).round().astype(np.uint8)[None])
+    assert db_eval_iou(disk, refine_frame(video, 0, coarse, values, 8, video.intensity_range()) == 1) > 0.98
 
 
 def test_two_label_shortcut_equals_the_general_argmax():
