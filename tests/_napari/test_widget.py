@@ -26,6 +26,30 @@ def sample_points(mask, n_pos, n_neg, seed=0):
     return pos, neg
 
 
+def click_all(click, viewer, points, pos, neg):
+    """Click the positives, then Shift-click the negatives, on frame FRAME."""
+    for y, x in pos:
+        click(viewer, points, FRAME, y, x)
+    for y, x in neg:
+        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+
+
+@pytest.fixture
+def built_graphs(monkeypatch):
+    """The shapes of the anchor graphs PML builds during the test (one entry per graph)."""
+    from napari_vosembed.methods import pml
+
+    built = []
+
+    class CountedGraph(pml.AnchorGraph):
+        def __init__(self, *args, **kwargs):
+            built.append(args[0].shape)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
+    return built
+
+
 def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(clip):
     w = clip.widget
     assert isinstance(w, SegmentWidget)
@@ -57,10 +81,7 @@ def test_clicks_segment_the_object_in_every_frame_as_you_click(clip, click):
     assert viewer.layers.selection.active is points  # the output did not steal the clicks
     assert list(viewer.layers).index(out) == list(viewer.layers).index(clip.image) + 1
 
-    for y, x in pos[1:]:
-        click(viewer, points, FRAME, y, x)
-    for y, x in neg:
-        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    click_all(click, viewer, points, pos[1:], neg)
     labels = np.asarray(points.features["label"])
     assert labels.tolist() == [1] * len(pos) + [0] * len(neg)
     assert np.allclose(points.data[:, 0], FRAME)  # each click lives on its frame
@@ -77,10 +98,7 @@ def test_a_negative_click_removes_its_region_and_deleting_it_brings_it_back(clip
     viewer, w = clip.viewer, clip.widget
     points = w.add_points_layer()
     pos, neg = sample_points(clip.masks[FRAME], 4, 6)
-    for y, x in pos:
-        click(viewer, points, FRAME, y, x)
-    for y, x in neg:
-        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    click_all(click, viewer, points, pos, neg)
     out = w.output.value
     before = np.array(out.data)
     # a pixel of the background that the clicks label as the object
@@ -105,10 +123,7 @@ def test_moving_a_point_updates_the_labels(clip, click):
     viewer, w = clip.viewer, clip.widget
     points = w.add_points_layer()
     pos, neg = sample_points(clip.masks[FRAME], 3, 6)
-    for y, x in pos:
-        click(viewer, points, FRAME, y, x)
-    for y, x in neg:
-        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    click_all(click, viewer, points, pos, neg)
     before = np.array(w.output.value.data)
     data = np.array(points.data)
     data[0, 1:] = neg[0]  # drag the first positive click onto the background
@@ -117,7 +132,7 @@ def test_moving_a_point_updates_the_labels(clip, click):
 
 
 def test_boxes_segment_the_object(clip):
-    viewer, w = clip.viewer, clip.widget
+    w = clip.widget
     boxes = w.add_boxes_layer()
     assert boxes.mode == "add_rectangle"
     ys, xs = np.nonzero(clip.masks[FRAME])
@@ -405,38 +420,28 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     assert clip.errors() == []
 
 
-def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypatch):
+def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypatch, built_graphs):
     """Propagate and Segment all frames with TVOS share the dock's PML session (its embedding, its
     anchor graph for the clicks) as matcher, and keep the TVOS session while its parameters stay."""
     from napari_vosembed._napari import widget
-    from napari_vosembed.methods import pml
     from napari_vosembed.methods.tvos import TVOS, TVOSSession
     from napari_vosembed.progress import drive
 
     monkeypatch.setattr(widget, "EMBEDDING_SETTINGS", None)  # the shipped heads' features, as TVOS's
-    opened, built = [], []
+    opened, built = [], built_graphs
     originals = {cls: cls.open.__func__ for cls in (PMLSession, TVOSSession)}
 
     def counting(cls, *args, **kwargs):
         opened.append(cls.__name__)
         return originals[cls](cls, *args, **kwargs)
 
-    class CountedGraph(pml.AnchorGraph):
-        def __init__(self, *args, **kwargs):
-            built.append(args[0].shape)
-            super().__init__(*args, **kwargs)
-
     for cls in originals:
         monkeypatch.setattr(cls, "open", classmethod(counting))
-    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
     viewer, w = clip.viewer, clip.widget
     w.method.value = "tvos"
     points = w.add_points_layer()
     pos, neg = sample_points(clip.masks[FRAME], 2, 4)
-    for y, x in pos:
-        click(viewer, points, FRAME, y, x)
-    for y, x in neg:
-        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    click_all(click, viewer, points, pos, neg)
     assert opened == [] and w.output.value is None  # no instant updates for TVOS
     viewer.dims.set_current_step(0, FRAME)
     w.forward_button.clicked.emit()
@@ -460,28 +465,16 @@ def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypa
     np.testing.assert_array_equal(forward, drive(alone, quiet=True)[FRAME:])  # the labels of the library's run
 
 
-def test_an_anchor_graph_the_parameters_ask_for_is_built_in_the_sessions_worker(clip, click, monkeypatch):
+def test_an_anchor_graph_the_parameters_ask_for_is_built_in_the_sessions_worker(clip, click, built_graphs):
     """A session opened without click propagation gets its anchor graph from a worker job when the
     parameter is turned on, not lazily on the main thread at the next click."""
-    from napari_vosembed.methods import pml
-
-    built = []
-
-    class CountedGraph(pml.AnchorGraph):
-        def __init__(self, *args, **kwargs):
-            built.append(args[0].shape)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
+    built = built_graphs
     viewer, w = clip.viewer, clip.widget
     mu = next(p for p in w._param_widgets if p.name == "click_propagation")
     mu.value = 0.0
     points = w.add_points_layer()
     pos, neg = sample_points(clip.masks[FRAME], 2, 3)
-    for y, x in pos:
-        click(viewer, points, FRAME, y, x)
-    for y, x in neg:
-        click(viewer, points, FRAME, y, x, modifiers=["Shift"])
+    click_all(click, viewer, points, pos, neg)
     before = np.array(w.output.value.data)
     session = w._session
     assert built == [] and not session.has_anchor_graph
@@ -619,24 +612,16 @@ def test_the_n_key_on_a_clicks_layer_starts_a_new_object(clip, click):
     assert w._points_press not in points.mouse_drag_callbacks
 
 
-def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch):
+def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch, built_graphs):
     """And its anchor graph (label propagation from clicks) is built once, in the session's worker."""
-    from napari_vosembed.methods import pml
-
-    opened, built = [], []
+    opened, built = [], built_graphs
     original = PMLSession.open.__func__
 
     def counting(cls, *args, **kwargs):
         opened.append(kwargs.get("head"))
         return original(cls, *args, **kwargs)
 
-    class CountedGraph(pml.AnchorGraph):
-        def __init__(self, *args, **kwargs):
-            built.append(args[0].shape)
-            super().__init__(*args, **kwargs)
-
     monkeypatch.setattr(PMLSession, "open", classmethod(counting))
-    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
     viewer, w = clip.viewer, clip.widget
     points = w.add_points_layer()
     for y, x in ((60, 120), (62, 118), (10, 10)):
