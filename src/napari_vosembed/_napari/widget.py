@@ -652,7 +652,7 @@ class SegmentWidget(QWidget):
                          else f"building the anchor graph of {image.name!r} (once)")
         self._session_job = Job(
             lambda: _open_session(video, head, device, options, ready),
-            f"embedding {image.name}",
+            f"embedding {image.name}" if ready is None else f"anchor graph of {image.name}",
             on_progress=lambda p: self._set_status(f"{p.stage} {p.done}/{p.total}"),
             on_result=opened,
             on_done=done,
