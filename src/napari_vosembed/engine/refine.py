@@ -4,7 +4,7 @@ PML upsamples its stride-8 result with an edge-aware filter (Chen et al. 2018, S
 bilateral solver); we use the guided filter (He et al., ECCV 2010, Alg. 1), which needs only box
 filters: guided by the colour frame (Eq. 13-15 of the journal version, TPAMI 2013) over two grid
 cells, its coefficients computed on a grid subsampled 4x (the fast guided filter, He and Sun 2015),
-about 20 ms per 480p frame; by the gray frame (microscopy) over half a grid cell.
+about 15 ms per 480p frame; by the gray frame (microscopy) over half a grid cell.
 """
 
 from __future__ import annotations
