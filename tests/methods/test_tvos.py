@@ -421,6 +421,10 @@ def test_the_session_opens_its_pml_matcher_on_the_same_grid():
     other = PMLSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"))
     own = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, matcher=other), quiet=True)
     assert own.matcher is not other and own.matcher.embeddings.settings == TINY  # other features: its own
+    longer, _ = scene(n=5)
+    elsewhere = PMLSession(as_video(longer), colour_embeddings(longer), None, torch.device("cpu"))
+    with pytest.raises(VosEmbedError, match=r"PML matcher is of another video \(5 frames of 64x96, not 3 of 64x96\)"):
+        TVOSSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=elsewhere)
     coarse = PMLSession(as_video(frames), colour_embeddings(frames, stride=8), None, torch.device("cpu"))
     with pytest.raises(VosEmbedError, match=r"PML embeddings \(8x12 cells\) and the TVOS embeddings \(16x24\)"):
         TVOSSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=coarse)

@@ -69,16 +69,21 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     return q.reshape(src.shape)
 
 
+def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`values` mapped from [low, high] to float32 [0, 1], clipped."""
+    return np.clip((values.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1)
+
+
 def gray_guide(frame: np.ndarray, low: float, high: float) -> np.ndarray:
     """The frame as a float32 (H, W) guide in [0, 1] (RGB to luma; `low`/`high` stretch microscopy)."""
     if frame.ndim == 3:
         frame = cv2.cvtColor(np.ascontiguousarray(frame[..., :3]).astype(np.float32), cv2.COLOR_RGB2GRAY)
-    return np.clip((frame.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1)
+    return _stretch(frame, low, high)
 
 
 def colour_guide(frame: np.ndarray, low: float, high: float) -> np.ndarray:
     """An RGB frame as a float32 (H, W, 3) guide in [0, 1], stretched by `low`/`high`."""
-    return np.clip((frame[..., :3].astype(np.float32) - low) / max(high - low, 1e-6), 0, 1)
+    return _stretch(frame[..., :3], low, high)
 
 
 def upsample_scores(scores: np.ndarray, stride: float, size: tuple[int, int]) -> np.ndarray:

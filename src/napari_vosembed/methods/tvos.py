@@ -290,6 +290,10 @@ class TVOSSession:
                  temperature: float | None = None, fast: bool = True, keep_annotated: bool = True,
                  refine: bool = True, matcher: PMLSession | None = None, global_matching: float = GLOBAL_MATCHING,
                  adapt_matcher: bool = False, finetune_steps: int = 0, stray_distance: int = STRAY_DISTANCE):
+        if matcher is not None and (len(matcher.video), matcher.frame_shape) != (len(video), embeddings.frame_shape):
+            raise VosEmbedError(f"the PML matcher is of another video ({len(matcher.video)} frames of "
+                                f"{matcher.frame_shape[0]}x{matcher.frame_shape[1]}, not {len(video)} of "
+                                f"{embeddings.frame_shape[0]}x{embeddings.frame_shape[1]}): open it on this video")
         if matcher is not None and matcher.grid != embeddings.grid_shape:
             raise VosEmbedError(f"the PML embeddings ({matcher.grid[0]}x{matcher.grid[1]} cells) and the TVOS "
                                 f"embeddings ({embeddings.grid_shape[0]}x{embeddings.grid_shape[1]}) of the video "
