@@ -7,11 +7,15 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import PromptError, VosEmbedError
 from .progress import drive
+
+if TYPE_CHECKING:
+    from .prompts import Prompts
 
 
 def _parse_frame_value(text: str, option: str) -> tuple[int, str]:
@@ -46,7 +50,7 @@ def _read_points_csv(path: Path):
             raise PromptError(f"points file {path}: line {reader.line_num}: {err}") from None
 
 
-def build_prompts(args) -> "Prompts":
+def build_prompts(args) -> Prompts:
     """Prompts from the `--mask`, `--points` and `--box` options of `vosembed segment`."""
     from .io import read_label_image
     from .prompts import Prompts

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.refine import STRAY_DISTANCE
+from ..errors import VosEmbedError
 from ..io import list_sequences, read_sequence
 from ..methods.pml import CLICK_PROPAGATION, FINETUNE_STEPS, K_CLICK, PMLSession
 from ..metrics import db_eval_iou, evaluate_sequence, summarize
@@ -175,6 +176,11 @@ def clicks(data: Path, names: list[str] | None, device: str, max_clicks_per_fram
     robot along other clicks, so one seed moves the curve by several points."""
     from . import machine, write_report
 
+    if seeds < 1:
+        raise VosEmbedError(f"the click robot needs at least one seed, not {seeds}")
+    if not max_clicks_per_frame >= 0.05:
+        raise VosEmbedError(f"max_clicks_per_frame is {max_clicks_per_frame}: the curve starts at 0.05 clicks "
+                            "per frame, give at least that")
     names = held_out(data, names)
     measured_on = machine()
     grid = np.round(np.arange(0.05, max_clicks_per_frame + 1e-9, 0.05), 2)

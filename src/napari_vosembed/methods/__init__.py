@@ -130,3 +130,6 @@ def segment(
 
 
 from . import pml, tvos  # noqa: E402  (registers the methods; they need the names above)
+
+__all__ = ["Method", "available_methods", "best_method", "get_method", "iter_segment", "pml", "register_method",
+           "segment", "tvos"]
