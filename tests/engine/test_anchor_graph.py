@@ -34,3 +34,15 @@ def test_cells_are_read_out_by_index_as_by_slice():
     assert np.array_equal(graph.scores(anchor_scores, rows), graph.scores(anchor_scores, slice(None))[rows])
     with pytest.raises(IndexError):
         graph.scores(anchor_scores, np.array([len(x)]))
+
+
+def test_wide_embeddings_are_projected_and_give_the_same_labels():
+    x, truth = two_arcs()
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(512, 512)))[0][:, :3]
+    wide = (x @ rotation.T).astype(np.float32)  # the arcs in 512 dimensions, inner products kept
+    seeds = np.array([0, 2 * 2000 - 1])
+    graph = AnchorGraph(wide, anchors=100)
+    assert graph.projection.shape == (512, 128)
+    scores = graph.scores(graph.propagate(wide[seeds], truth[seeds], np.array([1, 2])), slice(None))
+    assert (np.array([1, 2])[scores.argmax(1)] == truth).mean() > 0.99
+    assert AnchorGraph(x, anchors=100).projection is None

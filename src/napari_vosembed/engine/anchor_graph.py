@@ -13,7 +13,9 @@ Z (rows summing to 1, a kernel on the similarity), and the anchors' affinity
 W = Lambda^{-1/2} Z^T Z Lambda^{-1/2} (Lambda = diag(Z^T 1)), which has the nonzero spectrum of
 their cells' adjacency Z Lambda^{-1} Z^T. The references enter as anchor weights (each label's
 references with equal total mass), propagate among the anchors, and come back to every cell
-through Z.
+through Z. Embeddings wider than `dims` (the raw ISNet features, 1,408 channels) are first
+projected onto their `dims` leading principal directions (uncentred, so inner products are what
+is kept) and normalised again: the k-means then costs what it costs for a trained head.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from .retrieval import faiss
 #: Anchors, anchors per cell, propagation strength and kernel bandwidth (chosen on a validation
 #: split with the click robot, docs/pml.md).
 ANCHORS, ANCHORS_PER_CELL, ALPHA, BANDWIDTH = 1024, 5, 0.9, 0.05
+#: Wider embeddings are projected to this many dimensions, fitted on this many cells (the raw
+#: features' graph in a fifth of the time, the same labels on a validation split: docs/pml.md).
+PROJECTED_DIMS, PROJECTION_SAMPLE = 128, 20000
 
 
 class AnchorGraph:
@@ -32,12 +37,19 @@ class AnchorGraph:
     scores, `scores` reads them out for any cells."""
 
     def __init__(self, embeddings: np.ndarray, anchors: int = ANCHORS, per_cell: int = ANCHORS_PER_CELL,
-                 alpha: float = ALPHA, bandwidth: float = BANDWIDTH, seed: int = 0, chunk: int = 65536):
+                 alpha: float = ALPHA, bandwidth: float = BANDWIDTH, dims: int = PROJECTED_DIMS, seed: int = 0,
+                 chunk: int = 65536):
         """`embeddings`: (N, d) L2-normalised cell embeddings (any float dtype; read in chunks)."""
         n, d = embeddings.shape
         m = int(min(anchors, max(2, n // 40)))  # faiss asks for 39 training points per centroid
         rng = np.random.default_rng(seed)
-        sample = np.ascontiguousarray(embeddings[rng.choice(n, min(n, 100 * m), replace=False)], np.float32)
+        self.projection = None
+        if d > dims:
+            fit = np.asarray(embeddings[rng.choice(n, min(n, PROJECTION_SAMPLE), replace=False)], np.float32)
+            directions = np.linalg.eigh(fit.T @ fit)[1]  # eigenvalues ascending
+            self.projection = np.ascontiguousarray(directions[:, ::-1][:, :dims])
+            d = dims
+        sample = self._project(embeddings[rng.choice(n, min(n, 100 * m), replace=False)])
         kmeans = faiss.Kmeans(d, m, niter=15, spherical=True, seed=seed + 1, verbose=False)
         kmeans.train(sample)
         self._index = faiss.IndexFlatIP(d)
@@ -59,9 +71,17 @@ class AnchorGraph:
         self._propagator = np.linalg.inv(np.eye(m) - alpha * w / np.outer(degree, degree))
         self.m = m
 
+    def _project(self, embeddings: np.ndarray) -> np.ndarray:
+        """Rows in the graph's space: float32, projected and normalised again when the graph projects."""
+        x = np.ascontiguousarray(embeddings, np.float32)
+        if self.projection is None:
+            return x
+        x = x @ self.projection
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
     def _tie(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each row's `per_cell` nearest anchors and their kernel weights exp((s - s_max) / bandwidth), normalised."""
-        sims, idx = self._index.search(np.ascontiguousarray(embeddings, np.float32), self.per_cell)
+        sims, idx = self._index.search(self._project(embeddings), self.per_cell)
         w = np.exp((sims - sims[:, :1]) / self.bandwidth)
         return idx.astype(np.int32), (w / w.sum(1, keepdims=True)).astype(np.float32)
 
