@@ -28,7 +28,7 @@ from .retrieval import faiss
 #: split with the click robot, docs/pml.md).
 ANCHORS, ANCHORS_PER_CELL, ALPHA, BANDWIDTH = 1024, 5, 0.9, 0.05
 #: Wider embeddings are projected to this many dimensions, fitted on this many cells (the raw
-#: features' graph in a fifth of the time, the same labels on a validation split: docs/pml.md).
+#: features' graph in a quarter of the time, the same labels on a validation split: docs/pml.md).
 PROJECTED_DIMS, PROJECTION_SAMPLE = 128, 20000
 
 
