@@ -450,12 +450,12 @@ def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypa
     w.backward_button.clicked.emit()
     w.segment_button.clicked.emit()
     assert opened == ["PMLSession", "TVOSSession"] and len(built) == 1
-    assert w._tvos[1].matcher is w._session  # the dock's session is the matcher
-    kept = w._tvos[1]
+    assert w._method_session[1].matcher is w._session  # the dock's session is the matcher
+    kept = w._method_session[1]
     stray = next(p for p in w._param_widgets if p.name == "stray_distance")
     stray.value = 0  # another parameter: a new TVOS session, on the same PML session
     w.forward_button.clicked.emit()
-    assert opened == ["PMLSession", "TVOSSession", "TVOSSession"] and w._tvos[1] is not kept
+    assert opened == ["PMLSession", "TVOSSession", "TVOSSession"] and w._method_session[1] is not kept
     forward, prompts = np.array(w.output.value.data[FRAME:]), w.prompts(clip.image)
     w.method.value = "pml"  # the same PML session, its anchor graph ready for the clicks
     click(viewer, points, FRAME, *pos[0])

@@ -50,3 +50,15 @@ def test_segment_drives_the_generator_and_validates_prompts(registry):
         segment(video, Prompts().add_mask(0, mask), method="nope")
     with pytest.raises(ValueError, match="4x6"):
         segment(video, Prompts().add_mask(0, np.ones((4, 6), np.uint8)), device="cpu")
+
+
+def test_only_tvos_shares_the_pml_session_and_names_the_pml_head_of_its_matcher():
+    from napari_vosembed.methods import available_methods
+
+    installed = available_methods()
+    assert [name for name, cls in installed.items() if cls.shares_pml_session] == ["tvos"]
+    pml, tvos = installed["pml"], installed["tvos"]
+    assert pml.pml_head("/some/pml_head.pt") == "/some/pml_head.pt" and pml.pml_head(None) is None
+    assert tvos.pml_head("/some/tvos_head.pt") == "default" and tvos.pml_head(None) is None
+    with pytest.raises(MethodError, match="'pml' does not run on a PML session"):
+        next(pml(device="cpu").open_session(np.zeros((2, 4, 4), np.uint8)))

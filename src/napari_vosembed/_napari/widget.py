@@ -23,7 +23,6 @@ from superqt import QCollapsible
 
 from ..errors import PromptError, VosEmbedError
 from ..methods import available_methods, iter_segment
-from ..methods.tvos import TVOS, matcher_head
 from ..prompts import SCRIBBLE_BACKGROUND, Prompts, masks_digest
 from . import layers as L
 from .workers import Job, notify_error, sync_workers
@@ -101,8 +100,9 @@ class SegmentWidget(QWidget):
         self._after_session: list = []
         #: (key, session): the session whose head was fine-tuned on the masks of `key` (`_tuned_key`)
         self._tuned: tuple | None = None
-        #: (key, session): the TVOS session of the last TVOS run, for the next with the same parameters
-        self._tvos: tuple | None = None
+        #: (key, session): the method's own session of the last run of a method that shares the PML
+        #: session (TVOS), for the next run with the same parameters
+        self._method_session: tuple | None = None
         self._run_job: Job | None = None
         self._live_job: Job | None = None
         self._live_pending = False
@@ -595,13 +595,14 @@ class SegmentWidget(QWidget):
         return resolve_device(self.device.value)
 
     def _session_spec(self, image):
-        """(key, head, device) of the PML session of `image`; for TVOS, the PML head of its matcher."""
+        """(key, head, device) of the PML session of `image`, with the PML head that goes with the
+        method's `head` (`Method.pml_head`: for TVOS, the head of its matcher)."""
         params = self.params()
         head = params.get("head", "default")
         head = None if head in (None, "", "none") else head
         cls = self.method_class()
-        if cls is not None and cls.name == "tvos":
-            head = matcher_head(head)
+        if cls is not None:
+            head = cls.pml_head(head)
         device = self._device()
         return (image.unique_id, head, str(device), EMBEDDING_SETTINGS), head, device
 
@@ -615,7 +616,7 @@ class SegmentWidget(QWidget):
         self._session_job = None
         self._after_session = []
         self._tuned = None
-        self._tvos = None
+        self._method_session = None
 
     def with_session(self, image, then) -> None:
         """Call `then(session)` with the PML session of `image`, opening it (embedding the video,
@@ -808,8 +809,8 @@ class SegmentWidget(QWidget):
             self._write(image, labels)
             self._set_status(f"{cls.name}: segmented {len(labels)} frames")
 
-        if cls.name == "tvos":
-            self._run_tvos(image, prompts, None, 0, f"{cls.name} on all frames", write)
+        if cls.shares_pml_session:
+            self._run_on_session(image, prompts, None, 0, f"{cls.name} on all frames", write)
             return
         if cls.name in LIVE_METHODS:
             def run(session):
@@ -842,25 +843,28 @@ class SegmentWidget(QWidget):
         def write(labels):
             self._write(image, labels, frames)
 
-        if cls.name == "tvos":
-            self._run_tvos(image, prompts, start, direction, desc, write)
+        if cls.shares_pml_session:
+            self._run_on_session(image, prompts, start, direction, desc, write)
             return
         method = cls(device=self.device.value, **self.params())
         video = L.image_video(image)
         self._start_run(lambda: method.propagate(video, prompts, start=start, direction=direction), desc, write)
 
-    def _run_tvos(self, image, prompts: Prompts, start: int | None, direction: int, desc: str, on_result) -> None:
-        """Run TVOS (`TVOS.segment_with`: every frame, or one way from `start`) on the dock's sessions:
-        the PML session of `image` (`with_session`) is its global matcher and seeds its clicks, with
-        the embeddings and anchor graph it holds, and the TVOS session stays for the next run with
-        the same parameters (its embeddings and fine-tuned matcher with it)."""
+    def _run_on_session(self, image, prompts: Prompts, start: int | None, direction: int, desc: str, on_result
+                        ) -> None:
+        """Run a method that shares the PML session (`Method.segment_with`: every frame, or one way
+        from `start`) on the dock's sessions: the PML session of `image` (`with_session`), with the
+        embeddings and anchor graph it holds, is the method's matcher (for TVOS: its global
+        matcher, which seeds its clicks), and the method's own session stays for the next run with
+        the same parameters (TVOS: its embeddings and fine-tuned matcher with it)."""
         params = self.params()
-        method = TVOS(device=self.device.value, **params)
+        method = self.method_class()(device=self.device.value, **params)
         video = L.image_video(image)
 
         def run(pml):
             key = (self._session_key, repr(params))
-            kept = self._tvos[1] if self._tvos is not None and self._tvos[0] == key else None
+            kept = (self._method_session[1] if self._method_session is not None and self._method_session[0] == key
+                    else None)
 
             def work():
                 session = kept or (yield from method.open_session(video, matcher=pml))
@@ -869,7 +873,7 @@ class SegmentWidget(QWidget):
 
             def finished(result):
                 if key[0] == self._session_key:
-                    self._tvos = (key, result[0])
+                    self._method_session = (key, result[0])
                 on_result(result[1])
 
             self._start_run(work, desc, finished)

@@ -24,14 +24,19 @@ class Method:
     """Base class of a segmentation method.
 
     Subclasses set `name`, `description`, `needs_prompts` (False for unsupervised methods),
-    `propagates` (True when the method can run forward / backward from a frame), a `Params`
-    dataclass of their few user-facing parameters, and implement `run`.
+    `propagates` (True when the method can run forward / backward from a frame), `shares_pml_session`
+    (True when it can run on an open PML session of the video), a `Params` dataclass of their few
+    user-facing parameters, and implement `run`.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     needs_prompts: ClassVar[bool] = True
     propagates: ClassVar[bool] = False
+    #: Whether the method runs on an open PML session of the video (`open_session`, `segment_with`):
+    #: the viewer shares its PML session (embeddings, anchor graph) with it and keeps the method's
+    #: own session between runs.
+    shares_pml_session: ClassVar[bool] = False
     #: Rank among installed methods for "the best available method" (higher is better).
     quality: ClassVar[int] = 0
 
@@ -61,6 +66,23 @@ class Method:
         """Labels of the frames from `start` on (direction +1) or up to it (-1), propagated from the
         prompts; the other frames are 0. Methods with `propagates = True` implement it."""
         raise MethodError(f"method {self.name!r} does not propagate; use segment instead")
+
+    @classmethod
+    def pml_head(cls, head: str | None) -> str | None:
+        """The head of the PML session that goes with this method's `head` parameter (None: the raw
+        features); methods with `shares_pml_session` that train their own head override it."""
+        return head
+
+    def open_session(self, video, matcher=None) -> Generator[Progress, None, Any]:
+        """This method's session of `video`, sharing `matcher`, an open PML session of it, for one run
+        or many (`segment_with`). Methods with `shares_pml_session = True` implement it."""
+        raise MethodError(f"method {self.name!r} does not run on a PML session")
+
+    def segment_with(self, session, prompts: Prompts, start: int | None = None, direction: int = 0, matcher=None
+                     ) -> Generator[Progress, None, np.ndarray]:
+        """Labels from `prompts` on an open `session`: every frame, or with `start` and `direction`
+        one way from that frame (as `propagate`). Methods with `shares_pml_session = True` implement it."""
+        raise MethodError(f"method {self.name!r} does not run on a PML session")
 
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -521,6 +521,7 @@ class TVOS(Method):
     description = ("Transductive propagation (Zhang et al. 2020): masks on any frames (or clicks, through PML), "
                    "all objects in one pass, forward and backward")
     propagates = True
+    shares_pml_session = True
     quality = 5
 
     @dataclass
@@ -556,6 +557,10 @@ class TVOS(Method):
         def __post_init__(self):
             check_global_matching(self.global_matching, self.adapt_matcher, self.finetune_steps)
             check_stray_distance(self.stray_distance)
+
+    @classmethod
+    def pml_head(cls, head: str | None) -> str | None:
+        return matcher_head(head)
 
     @property
     def head(self) -> str | None:
