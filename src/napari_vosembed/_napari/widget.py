@@ -810,7 +810,7 @@ class SegmentWidget(QWidget):
             self._set_status(f"{cls.name}: segmented {len(labels)} frames")
 
         if cls.shares_pml_session:
-            self._run_on_session(image, prompts, None, 0, f"{cls.name} on all frames", write)
+            self._run_on_session(cls, params, image, prompts, None, 0, f"{cls.name} on all frames", write)
             return
         if cls.name in LIVE_METHODS:
             def run(session):
@@ -843,22 +843,23 @@ class SegmentWidget(QWidget):
         def write(labels):
             self._write(image, labels, frames)
 
+        params = self.params()
         if cls.shares_pml_session:
-            self._run_on_session(image, prompts, start, direction, desc, write)
+            self._run_on_session(cls, params, image, prompts, start, direction, desc, write)
             return
-        method = cls(device=self.device.value, **self.params())
+        method = cls(device=self.device.value, **params)
         video = L.image_video(image)
         self._start_run(lambda: method.propagate(video, prompts, start=start, direction=direction), desc, write)
 
-    def _run_on_session(self, image, prompts: Prompts, start: int | None, direction: int, desc: str, on_result
-                        ) -> None:
+    def _run_on_session(self, cls, params: dict, image, prompts: Prompts, start: int | None, direction: int,
+                        desc: str, on_result) -> None:
         """Run a method that shares the PML session (`Method.segment_with`: every frame, or one way
         from `start`) on the dock's sessions: the PML session of `image` (`with_session`), with the
         embeddings and anchor graph it holds, is the method's matcher (for TVOS: its global
         matcher, which seeds its clicks), and the method's own session stays for the next run with
-        the same parameters (TVOS: its embeddings and fine-tuned matcher with it)."""
-        params = self.params()
-        method = self.method_class()(device=self.device.value, **params)
+        the same parameters (TVOS: its embeddings and fine-tuned matcher with it). `cls` is the
+        method's class and `params` its parameters, as the caller read them from the dock."""
+        method = cls(device=self.device.value, **params)
         video = L.image_video(image)
 
         def run(pml):
