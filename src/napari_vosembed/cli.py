@@ -246,7 +246,8 @@ def _train(args, module, name: str, **options) -> int:
 def cmd_train_pml(args) -> int:
     from .training import pml
 
-    return _train(args, pml, "PML", batch=args.batch, margin=args.margin, loss=args.loss, dropout=args.dropout)
+    return _train(args, pml, "PML", batch=args.batch, margin=args.margin, loss=args.loss, dropout=args.dropout,
+                  members=args.members)
 
 
 def cmd_train_tvos(args) -> int:
@@ -379,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", default="pml", choices=["pml", "triplet", "contrastive"])
     t.add_argument("--dropout", type=float, default=0.0,
                    help="share of the backbone features zeroed in training (a regulariser; 0: the paper)")
+    t.add_argument("--members", type=_positive_int, default=1,
+                   help="heads trained one after the other (seeds --seed, --seed + 1, ...) into one ensemble head "
+                        "whose similarity is the mean of theirs (1: the paper)")
     t.set_defaults(func=cmd_train_pml)
 
     t = _train_parser(train, "tvos", "the TVOS embedding head (propagation cross-entropy of Zhang et al. 2020, Eq. 8)",

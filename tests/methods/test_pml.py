@@ -271,15 +271,28 @@ def test_with_prompts_starts_a_fresh_pool_on_shared_embeddings(tmp_path):
         s.with_prompts(Prompts(), bogus=1)
 
 
-def test_the_head_applied_per_level_equals_the_head_on_the_combined_features():
+@pytest.mark.parametrize("members", [1, 3])
+def test_the_head_applied_per_level_equals_the_head_on_the_combined_features(members):
     from napari_vosembed.methods.pml import grid_coords
 
     frames, _ = scene(n=3)
     s = drive(PMLSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
-    head = PMLHead(s.embeddings.channels, dim=8, hidden=16).eval()
+    head = PMLHead(s.embeddings.channels, dim=8, hidden=16, members=members).eval()
     with torch.no_grad():
         whole = head(s.embeddings.frame_features(2).reshape(-1, s.embeddings.channels), grid_coords(2, 3, s.grid))
+        assert whole.shape[1] == 8 * members
         assert torch.allclose(head.embed(s.embeddings, 2, 3), whole, atol=1e-5)
+
+
+def test_a_single_head_saved_before_ensembles_loads_as_one_member(tmp_path):
+    head = PMLHead(6, dim=8, hidden=16)
+    old = {k.replace("nets.0.", "net."): v for k, v in head.state_dict().items()}
+    torch.save({"config": {"in_channels": 6, "dim": 8, "hidden": 16}, "settings": TINY.__dict__,
+                "state_dict": old, "meta": {}}, tmp_path / "old.pt")
+    loaded, settings = PMLHead.load(tmp_path / "old.pt")
+    assert settings == TINY and loaded.out_dim == 8
+    x, coords = torch.rand(5, 6), torch.rand(5, 3)
+    assert torch.equal(loaded(x, coords), head(x, coords))
 
 
 def random_head_session(frames, refine=False):

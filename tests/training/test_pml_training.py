@@ -61,3 +61,22 @@ def test_feature_dropout_regularises_training_only(tmp_path):
     assert (labels[sims.argmax(1).numpy()] == labels).mean() > 0.95
     with pytest.raises(MethodError, match="dropout"):
         TrainConfig(dropout=1.0)
+
+
+def test_an_ensemble_trains_its_members_with_successive_seeds_and_averages_their_similarities(tmp_path):
+    video = _separable_video(tmp_path, informative=2)
+    config = TrainConfig(steps=30, batch=2, anchors=32, pool=64, dim=8, hidden=16, margin=0.5, lr=3e-3, seed=3)
+    ensemble, history = drive(train([video], replace(config, members=2)), quiet=True)
+    singles = [drive(train([video], replace(config, seed=seed)), quiet=True) for seed in (3, 4)]
+    for net, (single, _) in zip(ensemble.nets, singles):
+        for a, b in zip(net.state_dict().values(), single.nets[0].state_dict().values()):
+            assert torch.equal(a, b)
+    assert history[-1][1] == pytest.approx((singles[0][1][-1][1] + singles[1][1][-1][1]) / 2)
+    features = torch.from_numpy(video.embeddings.levels[8].reshape(-1, 5).astype(np.float32))
+    coords = torch.rand(len(features), 3)
+    e = ensemble(features, coords)
+    assert e.shape == (len(features), 16) and ensemble.out_dim == 16
+    mean_cosine = sum(s(features, coords) @ s(features, coords).T for s, _ in singles) / 2
+    assert torch.allclose(e @ e.T, mean_cosine, atol=1e-5)
+    with pytest.raises(MethodError, match="at least one member"):
+        TrainConfig(members=0)

@@ -48,26 +48,48 @@ CLICK_PROPAGATION = 0.5
 class PMLHead(Head):
     """Embedding head e = f(x, i, j, t) (Sec. 3.1): backbone features plus the pixel's normalised
     coordinates and frame number, through 1x1 convolutions (here per-pixel linear layers), to a
-    d-dimensional, L2-normalised embedding."""
+    d-dimensional, L2-normalised embedding.
+
+    With `members` > 1 (beyond the paper) the head is an ensemble of that many such networks,
+    trained apart with their own seeds; its embedding is theirs side by side over sqrt(members), so
+    the inner product of two embeddings is the mean of the members' cosine similarities."""
 
     kind, train_command = "PML head", "vosembed train pml"
 
-    def __init__(self, in_channels: int, dim: int = 128, hidden: int = 256):
+    def __init__(self, in_channels: int, dim: int = 128, hidden: int = 256, members: int = 1):
         super().__init__()
-        self.config = {"in_channels": in_channels, "dim": dim, "hidden": hidden}
-        self.net = nn.Sequential(nn.Linear(in_channels + 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.config = {"in_channels": in_channels, "dim": dim, "hidden": hidden, "members": members}
+        self.nets = nn.ModuleList(
+            nn.Sequential(nn.Linear(in_channels + 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+            for _ in range(members))
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the embedding: `dim` per member."""
+        return self.config["dim"] * len(self.nets)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also a single head saved before ensembles existed (keys `net.*`), as member 0."""
+        state_dict = {("nets.0." + k[4:] if k.startswith("net.") else k): v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict, assign)
+
+    def _join(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([nn.functional.normalize(o, dim=-1) for o in outputs], -1) / len(outputs) ** 0.5
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.net(torch.cat([features, coords], -1)), dim=-1)
+        inputs = torch.cat([features, coords], -1)
+        return self._join([net(inputs) for net in self.nets])
 
     def embed(self, embeddings: Embeddings, t: int, n_frames: int) -> torch.Tensor:
-        """(h*w, dim) = `self(embeddings.frame_features(t), grid_coords(t, ...))`, with the first
-        layer applied level by level (`project_levels`: the same numbers, 6x fewer operations)."""
-        first, channels = self.net[0], embeddings.channels
-        features = project_levels(embeddings, first.weight[:, :channels], [t])[0].reshape(-1, first.out_features)
-        coords = grid_coords(t, n_frames, embeddings.grid_shape).to(first.weight.device)
-        hidden = features + coords @ first.weight[:, channels:].T + first.bias
-        return nn.functional.normalize(self.net[2](nn.functional.relu(hidden)), dim=-1)
+        """(h*w, out_dim) = `self(embeddings.frame_features(t), grid_coords(t, ...))`, with the
+        members' first layers applied level by level in one pass (`project_levels`: the same
+        numbers, 6x fewer operations)."""
+        channels, hidden = embeddings.channels, self.config["hidden"]
+        weight = torch.cat([net[0].weight for net in self.nets])
+        features = project_levels(embeddings, weight[:, :channels], [t])[0].reshape(-1, len(weight))
+        coords = grid_coords(t, n_frames, embeddings.grid_shape).to(weight.device)
+        hidden_all = features + coords @ weight[:, channels:].T + torch.cat([net[0].bias for net in self.nets])
+        return self._join([net[2](nn.functional.relu(h)) for net, h in zip(self.nets, hidden_all.split(hidden, -1))])
 
 
 def grid_coords(t: int, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -144,7 +166,7 @@ class PMLSession:
     def _embed_all(self) -> np.ndarray:
         """(T, h*w, d) float16 pixel embeddings: the head applied to every frame (or the raw features)."""
         n, channels = len(self.video), self.embeddings.channels
-        dim = channels if self.head is None else self.head.config["dim"]
+        dim = channels if self.head is None else self.head.out_dim
         out = np.empty((n, self.grid[0] * self.grid[1], dim), np.float16)
         with torch.inference_mode():
             for t in range(n):

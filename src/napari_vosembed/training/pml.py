@@ -5,7 +5,9 @@ Sampling as in Chen et al. 2018, Sec. 3.3: each triplet draws three frames of on
 drawn half from object pixels and half from background where both exist (object pixels are rare,
 and uniform anchors would teach the background alone); the pools are a random subset of the two
 frames' pixels. `dropout` (beyond the paper) zeroes that share of the backbone features the head
-sees in training, a regulariser against the few training videos.
+sees in training, a regulariser against the few training videos. `members` (beyond the paper)
+trains that many heads one after the other, with seeds `seed`, `seed + 1`, ..., into one ensemble
+head (`PMLHead`); member 0 is the head `members = 1` trains.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ class TrainConfig(common.TrainConfig):
     margin: float = 0.3
     loss: str = "pml"
     dropout: float = 0.0
+    members: int = 1
 
     def __post_init__(self):
         if not 0 <= self.dropout < 1:
             raise MethodError("dropout is the share of the features zeroed in training: "
                               f"0 <= dropout < 1, not {self.dropout}")
+        if self.members < 1:
+            raise MethodError(f"an ensemble head needs at least one member, not {self.members}")
 
 
 def _cell_inputs(video: TrainingVideo, t: int, cells: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,10 +68,33 @@ def sample_triplet(video: TrainingVideo, n_anchors: int, n_pool: int, rng: np.ra
 
 
 def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progress, None, tuple[PMLHead, list]]:
-    """Adam on the chosen loss; returns the head and the loss history [(step, mean loss)]."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    """Adam on the chosen loss, for each of `config.members` heads in turn (seeds `config.seed`,
+    `config.seed + 1`, ...); returns the (ensemble) head and the loss history [(step, mean loss)],
+    averaged over the members."""
+    head = PMLHead(videos[0].embeddings.channels, config.dim, config.hidden, config.members)
+    histories = []
+    for m, net in enumerate(head.nets):
+        training = _train_member(videos, config, config.seed + m)
+        while True:
+            try:
+                step = next(training)
+            except StopIteration as stop:
+                member, history = stop.value
+                histories.append(history)
+                break
+            yield Progress(m * config.steps + step.done, config.members * config.steps,
+                           step.stage if config.members == 1 else f"training member {m + 1} of {config.members}")
+        net.load_state_dict(member.nets[0].state_dict())
+    history = [(step, float(np.mean([h[i][1] for h in histories]))) for i, (step, _) in enumerate(histories[0])]
+    return head.eval().requires_grad_(False), history
+
+
+def _train_member(videos: list[TrainingVideo], config: TrainConfig, seed: int
+                  ) -> Generator[Progress, None, tuple[PMLHead, list]]:
+    """One head, initialised and trained with `seed`, and its loss history."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     head = PMLHead(videos[0].embeddings.channels, config.dim, config.hidden)
     loss_fn = LOSSES[config.loss]
 
@@ -80,7 +108,7 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
         return torch.stack(losses).mean()
 
     history = yield from fit(torch.optim.Adam(head.parameters(), lr=config.lr), config.steps, step_loss)
-    return head.eval().requires_grad_(False), history
+    return head, history
 
 
 def run(data: Path, out: Path, config: TrainConfig, device: str, command: str, plot: Path | None = None
