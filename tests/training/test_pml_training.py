@@ -66,7 +66,14 @@ def test_feature_dropout_regularises_training_only(tmp_path):
 def test_an_ensemble_trains_its_members_with_successive_seeds_and_averages_their_similarities(tmp_path):
     video = _separable_video(tmp_path, informative=2)
     config = TrainConfig(steps=30, batch=2, anchors=32, pool=64, dim=8, hidden=16, margin=0.5, lr=3e-3, seed=3)
-    ensemble, history = drive(train([video], replace(config, members=2)), quiet=True)
+    training, stages = train([video], replace(config, members=2)), []
+    while True:
+        try:
+            stages.append(next(training).stage)
+        except StopIteration as stop:
+            ensemble, history = stop.value
+            break
+    assert stages == ["training member 1 of 2"] * 30 + ["training member 2 of 2"] * 30
     singles = [drive(train([video], replace(config, seed=seed)), quiet=True) for seed in (3, 4)]
     for net, (single, _) in zip(ensemble.nets, singles):
         for a, b in zip(net.state_dict().values(), single.nets[0].state_dict().values()):

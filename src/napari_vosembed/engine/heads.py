@@ -110,10 +110,10 @@ def project_levels(embeddings: Embeddings, weight: torch.Tensor, frames: list[in
     return out
 
 
-def fit(optimiser: torch.optim.Optimizer, steps: int, step_loss: Callable[[], torch.Tensor]
+def fit(optimiser: torch.optim.Optimizer, steps: int, step_loss: Callable[[], torch.Tensor], stage: str = "training"
         ) -> Generator[Progress, None, list[tuple[int, float]]]:
-    """`steps` optimiser steps on `step_loss()` with a cosine learning-rate schedule; returns the
-    loss history [(step, mean loss of the last 25 steps)]."""
+    """`steps` optimiser steps on `step_loss()` with a cosine learning-rate schedule, reported as
+    `stage`; returns the loss history [(step, mean loss of the last 25 steps)]."""
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
     history, running = [], []
     for step in range(1, steps + 1):
@@ -126,5 +126,5 @@ def fit(optimiser: torch.optim.Optimizer, steps: int, step_loss: Callable[[], to
         if step % 25 == 0 or step == steps:
             history.append((step, float(np.mean(running))))
             running = []
-        yield Progress(step, steps, "training")
+        yield Progress(step, steps, stage)
     return history

@@ -74,24 +74,18 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
     head = PMLHead(videos[0].embeddings.channels, config.dim, config.hidden, config.members)
     histories = []
     for m, net in enumerate(head.nets):
-        training = _train_member(videos, config, config.seed + m)
-        while True:
-            try:
-                step = next(training)
-            except StopIteration as stop:
-                member, history = stop.value
-                histories.append(history)
-                break
-            yield Progress(m * config.steps + step.done, config.members * config.steps,
-                           step.stage if config.members == 1 else f"training member {m + 1} of {config.members}")
+        stage = "training" if config.members == 1 else f"training member {m + 1} of {config.members}"
+        member, history = yield from _train_member(videos, config, config.seed + m, stage)
         net.load_state_dict(member.nets[0].state_dict())
+        histories.append(history)
     history = [(step, float(np.mean([h[i][1] for h in histories]))) for i, (step, _) in enumerate(histories[0])]
     return head.eval().requires_grad_(False), history
 
 
-def _train_member(videos: list[TrainingVideo], config: TrainConfig, seed: int
+def _train_member(videos: list[TrainingVideo], config: TrainConfig, seed: int, stage: str
                   ) -> Generator[Progress, None, tuple[PMLHead, list]]:
-    """One head, initialised and trained with `seed`, and its loss history."""
+    """One head, initialised and trained with `seed` (progress reported as `stage`), and its loss
+    history."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -107,7 +101,7 @@ def _train_member(videos: list[TrainingVideo], config: TrainConfig, seed: int
             losses.append(loss_fn(anchors, pool, al, pl, config.margin, generator))
         return torch.stack(losses).mean()
 
-    history = yield from fit(torch.optim.Adam(head.parameters(), lr=config.lr), config.steps, step_loss)
+    history = yield from fit(torch.optim.Adam(head.parameters(), lr=config.lr), config.steps, step_loss, stage)
     return head, history
 
 
