@@ -4,7 +4,8 @@ import numpy as np
 
 from napari_vosembed.engine import _blas
 from napari_vosembed.engine._blas import configure_openblas, cpu_flags, openblas_coretype
-from napari_vosembed.engine.refine import colour_guide, gray_guide, guided_filter, refine_frame, refine_labels
+from napari_vosembed.engine.refine import (colour_guide, gray_guide, guided_filter, refine_frame, refine_labels,
+                                          solve_symmetric)
 from napari_vosembed.io import as_video
 from napari_vosembed.engine.retrieval import ReferencePool
 from napari_vosembed.metrics import db_eval_iou
@@ -96,3 +97,20 @@ def test_openblas_kernels_follow_the_cpu_flags_and_a_users_choice_is_kept(tmp_pa
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")
     configure_openblas()
     assert os.environ["OPENBLAS_CORETYPE"] == "Zen"
+
+
+def test_the_closed_form_3x3_solve_equals_lapack_on_flat_edge_and_textured_windows():
+    """The colour guided filter's Sigma + eps U: flat (eps U alone), an edge between two colours
+    (nearly rank 1) and texture; on the same float32 inputs Cramer's rule agrees with LU in float64
+    to float32 precision."""
+    rng = np.random.default_rng(3)
+    edge = np.outer([0.5, -0.3, 0.2], [0.5, -0.3, 0.2])
+    texture = rng.random((50, 8, 3))
+    texture = np.einsum("nki,nkj->nij", texture - texture.mean(1, keepdims=True), texture - texture.mean(1, keepdims=True)) / 8
+    sigma = (np.concatenate([np.zeros((1, 3, 3)), edge[None], texture]) + 1e-4 * np.eye(3)).astype(np.float32)
+    rhs = (rng.standard_normal((len(sigma), 3, 2)) * 1e-2).astype(np.float32)
+    exact = np.linalg.solve(sigma.astype(np.float64), rhs.astype(np.float64))
+    closed = solve_symmetric(sigma, rhs)
+    assert closed.dtype == np.float32 and closed.shape == exact.shape
+    np.testing.assert_allclose(closed, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
+    np.testing.assert_allclose(solve_symmetric(np.eye(2)[None] * 2, np.ones((1, 2, 1))), 0.5)

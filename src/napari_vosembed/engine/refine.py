@@ -54,7 +54,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     else:
         outer = (guide_s[..., :, None] * guide_s[..., None, :]).reshape(*guide_s.shape[:2], -1)
         sigma = box(outer).reshape(*guide_s.shape[:2], channels, channels) - mean_i[..., :, None] * mean_i[..., None, :]
-        a = np.linalg.solve(sigma + eps * np.eye(channels, dtype=np.float32), cov_ip)
+        a = solve_symmetric(sigma + eps * np.eye(channels, dtype=np.float32), cov_ip)
     b = mean_p - (a * mean_i[..., :, None]).sum(-2)
     mean_a, mean_b = box(a), box(b)
     if subsample > 1:
@@ -67,6 +67,24 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, s
     for c in range(channels):  # sum over the guide's channels, one at a time (a 4-d reduction is 7x slower)
         q += mean_a[:, :, c] * full[:, :, c : c + 1]
     return q.reshape(src.shape)
+
+
+def solve_symmetric(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """x = M^-1 rhs for a stack of symmetric 3 x 3 matrices `(..., 3, 3)` and right-hand sides
+    `(..., 3, K)`: M^-1 = adj(M) / det(M) (Cramer's rule) written out, in float64, returned as
+    float32. For the colour guided filter's Sigma + eps U, positive definite, a third of the time of
+    numpy's batched `solve`, which pays a LAPACK call per 3 x 3 system (docs/pml.md, "Ensembles of
+    heads"); other sizes go to `np.linalg.solve`."""
+    if matrix.shape[-2:] != (3, 3):
+        return np.linalg.solve(matrix, rhs)
+    m, y = matrix.astype(np.float64), rhs.astype(np.float64)
+    a, b, c, d, e, f = (m[..., i, j, None] for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
+    cof_a, cof_b, cof_c = d * f - e * e, c * e - b * f, b * e - c * d  # the adjugate's first row
+    cof_d, cof_e, cof_f = a * f - c * c, b * c - a * e, a * d - b * b
+    inv_det = 1 / (a * cof_a + b * cof_b + c * cof_c)
+    y0, y1, y2 = y[..., 0, :], y[..., 1, :], y[..., 2, :]
+    return (np.stack([cof_a * y0 + cof_b * y1 + cof_c * y2, cof_b * y0 + cof_d * y1 + cof_e * y2,
+                      cof_c * y0 + cof_e * y1 + cof_f * y2], -2) * inv_det[..., None, :]).astype(np.float32)
 
 
 def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
