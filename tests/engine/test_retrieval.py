@@ -4,8 +4,8 @@ import numpy as np
 
 from napari_vosembed.engine import _blas
 from napari_vosembed.engine._blas import configure_openblas, cpu_flags, openblas_coretype
-from napari_vosembed.engine.refine import (colour_guide, gray_guide, guided_filter, refine_frame, refine_labels,
-                                          solve_symmetric)
+from napari_vosembed.engine.refine import (FrameRefiner, colour_guide, gray_guide, guided_filter, invert_symmetric,
+                                          refine_frame, refine_labels)
 from napari_vosembed.io import as_video
 from napari_vosembed.engine.retrieval import ReferencePool
 from napari_vosembed.metrics import db_eval_iou
@@ -99,18 +99,33 @@ def test_openblas_kernels_follow_the_cpu_flags_and_a_users_choice_is_kept(tmp_pa
     assert os.environ["OPENBLAS_CORETYPE"] == "Zen"
 
 
-def test_the_closed_form_3x3_solve_equals_lapack_on_flat_edge_and_textured_windows():
+def test_the_closed_form_3x3_inverse_equals_lapack_on_flat_edge_and_textured_windows():
     """The colour guided filter's Sigma + eps U: flat (eps U alone), an edge between two colours
-    (nearly rank 1) and texture; on the same float32 inputs Cramer's rule agrees with LU in float64
-    to float32 precision."""
+    (nearly rank 1) and texture; on the same float32 inputs Cramer's rule agrees with LAPACK's
+    inverse in float64 to float32 precision, and so do the 1 x 1 and 2 x 2 cases."""
     rng = np.random.default_rng(3)
     edge = np.outer([0.5, -0.3, 0.2], [0.5, -0.3, 0.2])
     texture = rng.random((50, 8, 3))
     texture = np.einsum("nki,nkj->nij", texture - texture.mean(1, keepdims=True), texture - texture.mean(1, keepdims=True)) / 8
     sigma = (np.concatenate([np.zeros((1, 3, 3)), edge[None], texture]) + 1e-4 * np.eye(3)).astype(np.float32)
-    rhs = (rng.standard_normal((len(sigma), 3, 2)) * 1e-2).astype(np.float32)
-    exact = np.linalg.solve(sigma.astype(np.float64), rhs.astype(np.float64))
-    closed = solve_symmetric(sigma, rhs)
+    exact = np.linalg.inv(sigma.astype(np.float64))
+    closed = invert_symmetric(sigma)
     assert closed.dtype == np.float32 and closed.shape == exact.shape
     np.testing.assert_allclose(closed, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
-    np.testing.assert_allclose(solve_symmetric(np.eye(2)[None] * 2, np.ones((1, 2, 1))), 0.5)
+    np.testing.assert_allclose(invert_symmetric(np.full((4, 1, 1), 4.0)), 0.25)
+    np.testing.assert_allclose(invert_symmetric(np.eye(2)[None] * 2), np.eye(2)[None] / 2)
+
+
+def test_a_kept_guided_filter_gives_the_labels_of_a_fresh_one_click_after_click():
+    """A session's FrameRefiner keeps each frame's guided-filter statistics: relabelling a frame
+    from new scores gives the labels a fresh filter gives, colour (fast, subsampled) and gray."""
+    rng = np.random.default_rng(5)
+    for frames in (rng.integers(0, 256, (2, 96, 128, 3), dtype=np.uint8), rng.integers(0, 4096, (2, 96, 128), np.uint16)):
+        video = as_video(frames)
+        kept = FrameRefiner(video, 8, video.intensity_range(), keep=True)
+        for values in (np.array([0, 1]), np.array([0, 2, 5])):
+            for t in (0, 1, 0):
+                scores = rng.random((12, 16, len(values))).astype(np.float32)
+                np.testing.assert_array_equal(kept(t, scores, values),
+                                              refine_frame(video, t, scores, values, 8, video.intensity_range()))
+        assert sorted(kept._filters) == [0, 1]

@@ -17,78 +17,115 @@ import numpy as np
 #: variance of 8-bit JPEG noise, about 6e-5) and subsampling in grid cells, chosen on the validation
 #: split (docs/pml.md, "Edge-aware upsampling with the colour frame").
 COLOUR_RADIUS_CELLS, COLOUR_EPS, COLOUR_SUBSAMPLE_CELLS = 2, 1e-4, 0.5
+#: The gray guided filter's regulariser (its radius: half a grid cell).
+GRAY_EPS = 1e-3
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
-    """Guided filter (He et al. 2010, Alg. 1): q = mean(a) . I + mean(b) with, in every window,
-    a = (Sigma + eps U)^-1 cov(I, p) and b = mean(p) - a . mean(I) (Eq. 5-8; Eq. 13-15 for a colour
-    guide, Sigma its 3 x 3 covariance). With `subsample` s > 1, a and b come from I and p shrunk s
-    times (radius r / s) and are upsampled bilinearly before the last step (the fast guided filter,
-    He and Sun 2015, Alg. 2).
+    """Guided filter (He et al. 2010, Alg. 1) of `src` by `guide`: `GuidedFilter(guide, radius, eps,
+    subsample)(src, guide)`.
 
     guide: (H, W) or (H, W, C) float32 in [0, 1]; src: (H, W) or (H, W, K) float32; returns src's shape.
     """
-    height, width = src.shape[:2]
-    guide = guide.astype(np.float32)
-    full = guide[..., None] if guide.ndim == 2 else guide
-    p = src[..., None] if src.ndim == 2 else src
-    if subsample > 1:
-        small = (max(1, width // subsample), max(1, height // subsample))
-        guide_s = cv2.resize(full, small, interpolation=cv2.INTER_AREA).reshape(small[1], small[0], -1)
-        p_s = cv2.resize(p, small, interpolation=cv2.INTER_AREA).reshape(small[1], small[0], -1)
-        radius = max(1, round(radius / subsample))
-    else:
-        guide_s, p_s = full, p
-    size = (2 * radius + 1, 2 * radius + 1)
+    return GuidedFilter(guide, radius, eps, subsample)(src, guide)
 
-    def box(x):  # any trailing shape: OpenCV sees (h, w, channels)
-        flat = np.ascontiguousarray(x).reshape(*x.shape[:2], -1)
-        return cv2.boxFilter(flat, -1, size, borderType=cv2.BORDER_REFLECT).reshape(x.shape)
 
-    channels = guide_s.shape[-1]
-    mean_i, mean_p = box(guide_s), box(p_s)
-    cov_ip = box(guide_s[..., :, None] * p_s[..., None, :]) - mean_i[..., :, None] * mean_p[..., None, :]  # (.., C, K)
-    if channels == 1:
-        var_i = box(guide_s * guide_s) - mean_i * mean_i
-        a = cov_ip / (var_i + eps)[..., None]
-    else:
+class GuidedFilter:
+    """The guided filter (He et al. 2010, Alg. 1) with what depends on the guide alone computed once:
+    q = mean(a) . I + mean(b) with, in every window, a = (Sigma + eps U)^-1 cov(I, p) and
+    b = mean(p) - a . mean(I) (Eq. 5-8; Eq. 13-15 for a colour guide, Sigma its 3 x 3 covariance).
+    The window means of I and the inverse of Sigma + eps U are kept; filtering a `src` then costs
+    the steps that depend on it. With `subsample` s > 1, a and b come from I and p shrunk s times
+    (radius r / s) and are upsampled bilinearly before the last step (the fast guided filter, He and
+    Sun 2015, Alg. 2); what is kept then has 1 / s^2 of the frame's size.
+
+    guide: (H, W) or (H, W, C) float32 in [0, 1]. The full-resolution guide is not kept: pass it
+    again to `__call__`.
+    """
+
+    def __init__(self, guide: np.ndarray, radius: int, eps: float, subsample: int = 1):
+        full = _channels_last(guide.astype(np.float32, copy=False))
+        self.shape, self.subsample = full.shape[:2], subsample
+        guide_s = self._shrink(full)
+        radius = max(1, round(radius / subsample)) if subsample > 1 else radius
+        self.size = (2 * radius + 1, 2 * radius + 1)
+        channels = full.shape[-1]
+        self.guide_s = guide_s if subsample > 1 else None
+        self.mean_i = self._box(guide_s)
         outer = (guide_s[..., :, None] * guide_s[..., None, :]).reshape(*guide_s.shape[:2], -1)
-        sigma = box(outer).reshape(*guide_s.shape[:2], channels, channels) - mean_i[..., :, None] * mean_i[..., None, :]
-        a = solve_symmetric(sigma + eps * np.eye(channels, dtype=np.float32), cov_ip)
-    b = mean_p - (a * mean_i[..., :, None]).sum(-2)
-    mean_a, mean_b = box(a), box(b)
-    if subsample > 1:
-        def up(x):
-            return cv2.resize(x.reshape(*x.shape[:2], -1), (width, height), interpolation=cv2.INTER_LINEAR)
+        sigma = self._box(outer).reshape(*guide_s.shape[:2], channels, channels) \
+            - self.mean_i[..., :, None] * self.mean_i[..., None, :]
+        self.inverse = invert_symmetric(sigma + eps * np.eye(channels, dtype=np.float32))
 
-        mean_a, mean_b = up(mean_a), up(mean_b)
-    mean_a = mean_a.reshape(height, width, channels, -1)
-    q = mean_b.reshape(height, width, -1).copy()
-    for c in range(channels):  # sum over the guide's channels, one at a time (a 4-d reduction is 7x slower)
-        q += mean_a[:, :, c] * full[:, :, c : c + 1]
-    return q.reshape(src.shape)
+    def _shrink(self, x: np.ndarray) -> np.ndarray:
+        if self.subsample == 1:
+            return x
+        height, width = self.shape
+        small = (max(1, width // self.subsample), max(1, height // self.subsample))
+        return cv2.resize(x, small, interpolation=cv2.INTER_AREA).reshape(small[1], small[0], -1)
+
+    def _box(self, x: np.ndarray) -> np.ndarray:
+        """The mean over each window, any trailing shape (OpenCV sees (h, w, channels))."""
+        flat = np.ascontiguousarray(x).reshape(*x.shape[:2], -1)
+        return cv2.boxFilter(flat, -1, self.size, borderType=cv2.BORDER_REFLECT).reshape(x.shape)
+
+    def __call__(self, src: np.ndarray, guide: np.ndarray) -> np.ndarray:
+        """q for src (H, W) or (H, W, K) float32, guided by `guide`, the one this filter was built from."""
+        full = _channels_last(guide.astype(np.float32, copy=False))
+        p_s = self._shrink(_channels_last(src))
+        guide_s = full if self.guide_s is None else self.guide_s
+        mean_p = self._box(p_s)
+        cov_ip = self._box(guide_s[..., :, None] * p_s[..., None, :]) - self.mean_i[..., :, None] * mean_p[..., None, :]
+        channels = full.shape[-1]
+        a = sum(self.inverse[..., :, c, None] * cov_ip[..., c, None, :] for c in range(channels))  # (.., C, K)
+        b = mean_p - (a * self.mean_i[..., :, None]).sum(-2)
+        mean_a, mean_b = self._box(a), self._box(b)
+        height, width = self.shape
+        if self.subsample > 1:
+            def up(x):
+                return cv2.resize(x.reshape(*x.shape[:2], -1), (width, height), interpolation=cv2.INTER_LINEAR)
+
+            mean_a, mean_b = up(mean_a), up(mean_b)
+        mean_a = mean_a.reshape(height, width, channels, -1)
+        if mean_a.shape[-1] == 1 and channels <= 4:  # one channel out: OpenCV sums over the guide's channels
+            q = cv2.transform(cv2.multiply(np.ascontiguousarray(mean_a[..., 0]), full), np.ones((1, channels), np.float32))
+            q = q.reshape(height, width, 1) + mean_b.reshape(height, width, 1)
+        else:
+            q = mean_b.reshape(height, width, -1).copy()
+            for c in range(channels):  # one guide channel at a time (a 4-d reduction is 7x slower)
+                q += mean_a[:, :, c] * full[:, :, c : c + 1]
+        return q.reshape(src.shape)
 
 
-def solve_symmetric(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """x = M^-1 rhs for a stack of symmetric 3 x 3 matrices `(..., 3, 3)` and right-hand sides
-    `(..., 3, K)`: M^-1 = adj(M) / det(M) (Cramer's rule) written out, in float64, returned as
-    float32. For the colour guided filter's Sigma + eps U, positive definite, a third of the time of
-    numpy's batched `solve`, which pays a LAPACK call per 3 x 3 system (docs/pml.md, "Ensembles of
-    heads"); other sizes go to `np.linalg.solve`."""
-    if matrix.shape[-2:] != (3, 3):
-        return np.linalg.solve(matrix, rhs)
-    m, y = matrix.astype(np.float64), rhs.astype(np.float64)
-    a, b, c, d, e, f = (m[..., i, j, None] for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
+def _channels_last(x: np.ndarray) -> np.ndarray:
+    return x[..., None] if x.ndim == 2 else x
+
+
+def invert_symmetric(matrix: np.ndarray) -> np.ndarray:
+    """M^-1 for a stack of symmetric positive definite matrices `(..., C, C)`, as float32: for 3 x 3,
+    adj(M) / det(M) written out in float64 (Cramer's rule; numpy's batched `inv` pays a LAPACK call
+    per matrix, 3x the time, docs/pml.md "Ensembles of heads"); 1 x 1: 1 / M; other sizes
+    `np.linalg.inv`."""
+    size = matrix.shape[-1]
+    if size == 1:
+        return (1 / matrix).astype(np.float32)
+    if size != 3:
+        return np.linalg.inv(matrix).astype(np.float32)
+    m = matrix.astype(np.float64)
+    a, b, c, d, e, f = (m[..., i, j] for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)))
     cof_a, cof_b, cof_c = d * f - e * e, c * e - b * f, b * e - c * d  # the adjugate's first row
     cof_d, cof_e, cof_f = a * f - c * c, b * c - a * e, a * d - b * b
     inv_det = 1 / (a * cof_a + b * cof_b + c * cof_c)
-    y0, y1, y2 = y[..., 0, :], y[..., 1, :], y[..., 2, :]
-    return (np.stack([cof_a * y0 + cof_b * y1 + cof_c * y2, cof_b * y0 + cof_d * y1 + cof_e * y2,
-                      cof_c * y0 + cof_e * y1 + cof_f * y2], -2) * inv_det[..., None, :]).astype(np.float32)
+    adjugate = np.stack([cof_a, cof_b, cof_c, cof_b, cof_d, cof_e, cof_c, cof_e, cof_f], -1)
+    return (adjugate * inv_det[..., None]).astype(np.float32).reshape(matrix.shape)
 
 
 def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """`values` mapped from [low, high] to float32 [0, 1], clipped."""
+    """`values` mapped from [low, high] to float32 [0, 1], clipped; 8-bit values through a 256-entry
+    table (one pass instead of four)."""
+    if values.dtype == np.uint8:
+        table = _stretch(np.arange(256, dtype=np.float32), low, high)
+        return cv2.LUT(np.ascontiguousarray(values), table)
     return np.clip((values.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1)
 
 
@@ -115,42 +152,66 @@ def upsample_scores(scores: np.ndarray, stride: float, size: tuple[int, int]) ->
 
 
 def refine_labels(scores: np.ndarray, label_values: np.ndarray, stride: float, size: tuple[int, int],
-                  guide: np.ndarray | None = None, radius: int = 8, eps: float = 1e-3, subsample: int = 1
-                  ) -> np.ndarray:
+                  guide: np.ndarray | None = None, radius: int = 8, eps: float = 1e-3, subsample: int = 1,
+                  prepared: GuidedFilter | None = None) -> np.ndarray:
     """Full-resolution labels: upsample `(h, w, K)` scores to `size`, filter them with the guide
     ((H, W) or (H, W, 3), `guided_filter`; none: plain bilinear upsampling), take the argmax over
-    `label_values`.
+    `label_values`. `prepared`: the `GuidedFilter` of this guide, radius, eps and subsample, built
+    before (`FrameRefiner`).
 
     Upsampling and filtering are linear, so with two labels the sign of the filtered score
     difference is the argmax: one channel instead of two.
     """
-    scores = scores.astype(np.float32)
+    scores = scores.astype(np.float32, copy=False)
+
+    def filtered(x: np.ndarray) -> np.ndarray:
+        if guide is None or radius <= 0:
+            return x
+        return (prepared or GuidedFilter(guide, radius, eps, subsample))(x, guide)
+
     if scores.shape[2] == 2:
-        diff = upsample_scores(scores[..., 1] - scores[..., 0], stride, size)[..., 0]
-        if guide is not None and radius > 0:
-            diff = guided_filter(guide, diff, radius, eps, subsample)
-        return label_values[(diff > 0).astype(np.intp)]
-    full = upsample_scores(scores, stride, size)
-    if guide is not None and radius > 0:
-        full = guided_filter(guide, full, radius, eps, subsample)
-    return label_values[np.argmax(full, axis=2)]
+        diff = filtered(upsample_scores(scores[..., 1] - scores[..., 0], stride, size)[..., 0])
+        return np.where(diff > 0, label_values[1], label_values[0]).astype(label_values.dtype, copy=False)
+    return label_values[np.argmax(filtered(upsample_scores(scores, stride, size)), axis=2)]
+
+
+class FrameRefiner:
+    """`refine_labels` of the frames of `video` with the frame as guide (stretched by `intensity`,
+    `video.intensity_range()`): an RGB frame guides over `COLOUR_RADIUS_CELLS` grid cells (fast
+    guided filter), a gray one over half a cell; `intensity` None: plain bilinear.
+
+    With `keep`, each frame's `GuidedFilter` is kept once built (about 1.5 MB per 480p RGB frame,
+    half the frame's PML embeddings; 8 bytes per pixel of a gray frame), so labelling a frame again
+    costs only the steps that depend on the scores: for sessions that relabel the video at every
+    click (PML)."""
+
+    def __init__(self, video, stride: float, intensity: tuple[float, float] | None, keep: bool = False):
+        self.video, self.stride, self.intensity, self.keep = video, stride, intensity, keep
+        self._filters: dict[int, GuidedFilter] = {}
+
+    def __call__(self, t: int, scores: np.ndarray, label_values: np.ndarray) -> np.ndarray:
+        size = tuple(self.video.shape[1:3])
+        if self.intensity is None:
+            return refine_labels(scores, label_values, self.stride, size)
+        frame = self.video[t]
+        if frame.ndim == 3:
+            guide = colour_guide(frame, *self.intensity)
+            radius, eps = max(1, round(COLOUR_RADIUS_CELLS * self.stride)), COLOUR_EPS
+            subsample = max(1, round(COLOUR_SUBSAMPLE_CELLS * self.stride))
+        else:
+            guide, radius, eps, subsample = gray_guide(frame, *self.intensity), max(1, int(self.stride) // 2), GRAY_EPS, 1
+        prepared = self._filters.get(t)
+        if prepared is None:
+            prepared = GuidedFilter(guide, radius, eps, subsample)
+            if self.keep:
+                self._filters[t] = prepared
+        return refine_labels(scores, label_values, self.stride, size, guide, radius, eps, subsample, prepared)
 
 
 def refine_frame(video, t: int, scores: np.ndarray, label_values: np.ndarray, stride: float,
                  intensity: tuple[float, float] | None) -> np.ndarray:
-    """`refine_labels` of frame t of `video` with the frame as guide (stretched by `intensity`,
-    `video.intensity_range()`): an RGB frame guides over `COLOUR_RADIUS_CELLS` grid cells (fast
-    guided filter), a gray one over half a cell; `intensity` None: plain bilinear."""
-    size = tuple(video.shape[1:3])
-    if intensity is None:
-        return refine_labels(scores, label_values, stride, size)
-    frame = video[t]
-    if frame.ndim == 3:
-        return refine_labels(scores, label_values, stride, size, colour_guide(frame, *intensity),
-                             radius=max(1, round(COLOUR_RADIUS_CELLS * stride)), eps=COLOUR_EPS,
-                             subsample=max(1, round(COLOUR_SUBSAMPLE_CELLS * stride)))
-    return refine_labels(scores, label_values, stride, size, gray_guide(frame, *intensity),
-                         radius=max(1, int(stride) // 2))
+    """`refine_labels` of frame t of `video`, guided by the frame (`FrameRefiner`, nothing kept)."""
+    return FrameRefiner(video, stride, intensity)(t, scores, label_values)
 
 
 #: Spatial consistency between consecutive frames: grid cells an object may lie beyond its previous

@@ -23,7 +23,7 @@ from torch import nn
 from ..engine.anchor_graph import AnchorGraph
 from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.heads import Head, embed_for_head, fit, project_levels
-from ..engine.refine import STRAY_DISTANCE, drop_stray_regions, refine_frame
+from ..engine.refine import STRAY_DISTANCE, FrameRefiner, drop_stray_regions, refine_frame
 from ..engine.retrieval import ReferencePool
 from ..errors import MethodError, PromptError
 from ..progress import Progress, drive
@@ -100,6 +100,12 @@ def grid_coords(t: int, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
     return torch.stack([ii.reshape(-1), jj.reshape(-1), torch.full((h * w,), t / max(n_frames, 1))], 1)
 
 
+def as_float32(embeddings: np.ndarray) -> np.ndarray:
+    """float16 embeddings as float32, through torch: 8x faster than numpy's conversion, which
+    decides the time of a frame's retrieval (docs/pml.md, "Speed")."""
+    return torch.from_numpy(np.ascontiguousarray(embeddings)).float().numpy()
+
+
 def balanced_anchors(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of at most n anchors, half object and half background where both exist (Sec. 3.3
     draws them uniformly; object pixels are rare, and uniform anchors would teach the background)."""
@@ -147,7 +153,7 @@ class PMLSession:
         self.grid = embeddings.grid_shape
         self.stride = embeddings.settings.stride
         self.head = head.to(device) if head is not None else None
-        self._intensity = video.intensity_range()
+        self._refiner = FrameRefiner(video, self.stride, video.intensity_range(), keep=True)
         self._pixel_embeddings = self._embed_all()
         self._graph: dict[str, AnchorGraph] = {}  # shared with the views of `with_prompts`
         self._anchor_scores: tuple = (None, None)
@@ -178,7 +184,7 @@ class PMLSession:
         return out
 
     def frame_embeddings(self, t: int) -> np.ndarray:
-        return self._pixel_embeddings[t].astype(np.float32)
+        return as_float32(self._pixel_embeddings[t])
 
     def _cells(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         h, w = self.grid
@@ -193,13 +199,13 @@ class PMLSession:
         for frame, image in prompts.masks.items():
             cells = cell_labels(image, self.grid, self.stride).reshape(-1)
             keep = self._stratified(cells, np.random.default_rng(frame))
-            self.pool.add(self._pixel_embeddings[frame, keep].astype(np.float32), cells[keep], group)
+            self.pool.add(as_float32(self._pixel_embeddings[frame, keep]), cells[keep], group)
         sparse = Prompts(points=prompts.points, boxes=prompts.boxes, scribbles=prompts.scribbles)
         ref = sparse.reference_pixels(height, width)
         if len(ref):
             cells = self._cells(ref.y, ref.x)
             keys = np.unique(np.stack([ref.frame, cells, ref.label], 1), axis=0)
-            self.pool.add(self._pixel_embeddings[keys[:, 0], keys[:, 1]].astype(np.float32), keys[:, 2], group)
+            self.pool.add(as_float32(self._pixel_embeddings[keys[:, 0], keys[:, 1]]), keys[:, 2], group)
         self._groups.setdefault(group, Prompts()).extend(prompts)
         self._sync_prompts()
 
@@ -295,7 +301,7 @@ class PMLSession:
         """Vote fractions `(h, w, L)` for frame t, the label values, and the unanimous cells; with
         `cells` (flat grid indices), the votes of those cells only, `(len(cells), L)`. With clicks
         alone (`propagating`), (1 - mu) vote + mu propagated labels, mu = click_propagation."""
-        queries = self.frame_embeddings(t) if cells is None else self._pixel_embeddings[t, cells].astype(np.float32)
+        queries = self.frame_embeddings(t) if cells is None else as_float32(self._pixel_embeddings[t, cells])
         scores, unanimous = self.pool.vote(queries, k or self.k)
         if self.propagating:
             mu = self.click_propagation
@@ -303,7 +309,12 @@ class PMLSession:
         return (scores if cells is not None else scores.reshape(*self.grid, -1)), self.pool.label_values, unanimous
 
     def to_labels(self, t: int, scores: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return refine_frame(self.video, t, scores, values, self.stride, self._intensity if self.refine else None)
+        """Full-resolution labels of frame t from its `(h, w, L)` scores over `values`: guided by the
+        frame, whose guided-filter statistics the session keeps for the next click
+        (`FrameRefiner`), or bilinear with `refine` off."""
+        if not self.refine:
+            return refine_frame(self.video, t, scores, values, self.stride, None)
+        return self._refiner(t, scores, values)
 
     def predict_frame(self, t: int) -> np.ndarray:
         """Full-resolution labels of frame t from the current pool (the on-screen update)."""
@@ -320,7 +331,7 @@ class PMLSession:
             keep = rng.choice(len(cells), per_frame, replace=False)
             cells, labels = cells[keep], labels[keep]
         adapted.append(-1 - t)
-        self.pool.add(self._pixel_embeddings[t, cells].astype(np.float32), labels, adapted[-1])
+        self.pool.add(as_float32(self._pixel_embeddings[t, cells]), labels, adapted[-1])
         if len(adapted) > window:
             self.pool.remove(adapted.pop(0))
 
