@@ -4,7 +4,8 @@ PML upsamples its stride-8 result with an edge-aware filter (Chen et al. 2018, S
 bilateral solver); we use the guided filter (He et al., ECCV 2010, Alg. 1), which needs only box
 filters: guided by the colour frame (Eq. 13-15 of the journal version, TPAMI 2013) over two grid
 cells, its coefficients computed on a grid subsampled 4x (the fast guided filter, He and Sun 2015),
-about 15 ms per 480p frame; by the gray frame (microscopy) over half a grid cell.
+about 15 ms per 480p frame, less once what depends on the frame alone is kept (`FrameRefiner`); by
+the gray frame (microscopy) over half a grid cell.
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ def _channels_last(x: np.ndarray) -> np.ndarray:
 
 def invert_symmetric(matrix: np.ndarray) -> np.ndarray:
     """M^-1 for a stack of symmetric positive definite matrices `(..., C, C)`, as float32: for 3 x 3,
-    adj(M) / det(M) written out in float64 (Cramer's rule; numpy's batched `inv` pays a LAPACK call
-    per matrix, 3x the time, docs/pml.md "Ensembles of heads"); 1 x 1: 1 / M; other sizes
-    `np.linalg.inv`."""
+    adj(M) / det(M) written out in float64 (Cramer's rule; numpy's batched LAPACK routines pay a call
+    per matrix: its `solve` took 3x the time of this closed form, docs/pml.md "Ensembles of
+    heads"); 1 x 1: 1 / M; other sizes `np.linalg.inv`."""
     size = matrix.shape[-1]
     if size == 1:
         return (1 / matrix).astype(np.float32)

@@ -101,8 +101,8 @@ def grid_coords(t: int, n_frames: int, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def as_float32(embeddings: np.ndarray) -> np.ndarray:
-    """float16 embeddings as float32, through torch: 8x faster than numpy's conversion, which
-    decides the time of a frame's retrieval (docs/pml.md, "Speed")."""
+    """float16 embeddings as float32, through torch: 8x faster than numpy's conversion, which took
+    a sixth of a click's whole-video update (docs/pml.md, "Kept guided-filter statistics")."""
     return torch.from_numpy(np.ascontiguousarray(embeddings)).float().numpy()
 
 
