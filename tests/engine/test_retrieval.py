@@ -30,6 +30,7 @@ def test_guided_filter_keeps_a_constant_and_snaps_coarse_labels_to_edges():
     disk = (yy - 30) ** 2 + (xx - 34) ** 2 < 18**2
     guide[disk] = 1
     np.testing.assert_allclose(guided_filter(guide, np.full((64, 64), 0.3, np.float32), 4, 1e-3), 0.3, atol=1e-5)
+    np.testing.assert_allclose(guided_filter(np.dstack([guide] * 3), np.full((64, 64), 0.3), 4, 1e-3, 2), 0.3, atol=1e-5)
     coarse = np.stack([1 - disk, disk], -1).astype(np.float32)[4::8, 4::8]
     values = np.array([0, 1])
     plain = refine_labels(coarse, values, 8, (64, 64))

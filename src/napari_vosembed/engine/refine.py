@@ -71,9 +71,9 @@ class GuidedFilter:
         return cv2.boxFilter(flat, -1, self.size, borderType=cv2.BORDER_REFLECT).reshape(x.shape)
 
     def __call__(self, src: np.ndarray, guide: np.ndarray) -> np.ndarray:
-        """q for src (H, W) or (H, W, K) float32, guided by `guide`, the one this filter was built from."""
+        """q (float32) for src (H, W) or (H, W, K), guided by `guide`, the one this filter was built from."""
         full = _channels_last(guide.astype(np.float32, copy=False))
-        p_s = self._shrink(_channels_last(src))
+        p_s = self._shrink(_channels_last(src.astype(np.float32, copy=False)))
         guide_s = full if self.guide_s is None else self.guide_s
         mean_p = self._box(p_s)
         cov_ip = self._box(guide_s[..., :, None] * p_s[..., None, :]) - self.mean_i[..., :, None] * mean_p[..., None, :]
