@@ -6,7 +6,7 @@ import tifffile
 from PIL import Image
 
 from napari_vosembed.errors import VideoReadError
-from napari_vosembed.io import as_video, container, normalize_frame, open_video, video
+from napari_vosembed.io import as_video, container, mirrored, normalize_frame, open_video, video
 
 ROUND_TRIPS = [
     ("pyav", "libx264", "clip.mp4"),
@@ -275,6 +275,22 @@ def test_as_video_reads_dask_lazily():
 def test_as_video_opens_paths(tmp_path):
     _save_gray_pngs(tmp_path / "f", ["a.png"])
     assert as_video(str(tmp_path / "f")).frame_names == ["a"]
+
+
+def test_a_mirrored_video_reads_each_frame_mirrored_and_caches_apart(tmp_path):
+    from napari_vosembed.engine.cache import video_fingerprint
+
+    _save_gray_pngs(tmp_path / "f", ["a.png", "b.png"], height=3, width=4)
+    frame = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    Image.fromarray(frame).save(tmp_path / "f" / "a.png")
+    original = open_video(tmp_path / "f")
+    flipped = mirrored(original)
+    assert flipped.shape == original.shape and flipped.frame_names == ["a", "b"] and flipped.source is None
+    np.testing.assert_array_equal(flipped[0], frame[:, ::-1])
+    np.testing.assert_array_equal(mirrored(flipped)[0], frame)
+    assert video_fingerprint(flipped) != video_fingerprint(original)
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 3, 5, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(mirrored(rgb)[1], rgb[1, :, ::-1])
 
 
 # --- bad input ---------------------------------------------------------------------------------

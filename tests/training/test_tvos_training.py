@@ -4,7 +4,8 @@ import torch
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.methods.tvos import TVOSHead, propagate_dense, sample_references
 from napari_vosembed.progress import drive
-from napari_vosembed.training.common import TrainingVideo
+from napari_vosembed.sample import SAMPLE_NAME, write_sample_sequence
+from napari_vosembed.training.common import TrainingVideo, load_videos
 from napari_vosembed.training.tvos import TrainConfig, propagation_loss, sample_clip, train
 
 
@@ -65,3 +66,20 @@ def test_training_lowers_the_propagation_loss(tmp_path):
     head, history = drive(train([video], config), quiet=True)
     assert isinstance(head, TVOSHead) and not head.training
     assert history[-1][1] < 0.6 * history[0][1]
+
+
+def test_mirror_adds_each_sequence_as_its_mirror_image(tmp_path):
+    write_sample_sequence(tmp_path)
+    settings = EmbeddingSettings(backbone="tiny", scale=1.0, levels=(4,), saliency_stride=0)
+    plain = drive(load_videos(tmp_path, [SAMPLE_NAME], settings, "cpu"), quiet=True)
+    both = drive(load_videos(tmp_path, [SAMPLE_NAME], settings, "cpu", mirror=True), quiet=True)
+    assert [v.name for v in both] == [SAMPLE_NAME, f"{SAMPLE_NAME} (mirrored)"] and TrainConfig().mirror
+    np.testing.assert_array_equal(both[0].labels, plain[0].labels)
+    h, w = plain[0].embeddings.grid_shape  # 60 x 80 cells of 4 pixels: the mirror maps cells onto cells
+    grid = plain[0].labels.reshape(-1, h, w)
+    assert grid.any() and (grid != grid[..., ::-1]).any()
+    np.testing.assert_array_equal(both[1].labels.reshape(-1, h, w), grid[..., ::-1])
+    # the tiny backbone's first channels are each cell's mean colour, scaled by the cell's feature norm
+    red_green = [v.embeddings.frame_features(3)[..., 0] / v.embeddings.frame_features(3)[..., 1] for v in both]
+    assert torch.allclose(red_green[1], red_green[0].flip(1), rtol=1e-2)
+    assert not torch.allclose(red_green[1], red_green[0], rtol=1e-2)

@@ -4,7 +4,7 @@ ground truth, label images) and label writers (indexed PNG, multi-page TIFF, Cel
 from ._files import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, VIDEO_EXTENSIONS, natural_key
 from .labels import Masks, read_label_folder, read_label_image
 from .sequence import Sequence, list_sequences, read_sequence
-from .video import Video, as_video, normalize_frame, open_video
+from .video import Video, as_video, mirrored, normalize_frame, open_video
 from .writers import ctc_tracks, davis_palette, write_ctc, write_png_labels, write_tiff_labels
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ctc_tracks",
     "davis_palette",
     "list_sequences",
+    "mirrored",
     "natural_key",
     "normalize_frame",
     "open_video",

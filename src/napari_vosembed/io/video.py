@@ -200,6 +200,19 @@ class ArrayReader:
         return np.array(native(frame), copy=True)
 
 
+class MirrorReader:
+    """The frames of another reader, mirrored left to right."""
+
+    def __init__(self, reader: Any):
+        self._reader = reader
+        self.n_frames, self.frame_shape, self.dtype = reader.n_frames, reader.frame_shape, reader.dtype
+        self.frame_names = list(reader.frame_names)
+
+    def read(self, t: int) -> np.ndarray:
+        """Frame ``t`` of the other reader, mirrored."""
+        return np.ascontiguousarray(self._reader.read(t)[:, ::-1])
+
+
 def _supported() -> str:
     return (
         f"video files ({', '.join(VIDEO_EXTENSIONS)}), images ({', '.join(IMAGE_EXTENSIONS)}), "
@@ -250,3 +263,9 @@ def as_video(obj: Any) -> Video:
     if not hasattr(obj, "shape") or not hasattr(obj, "dtype"):
         obj = np.asarray(obj)
     return Video(ArrayReader(obj), None)
+
+
+def mirrored(video: Any) -> Video:
+    """The left-right mirror image of a video (anything ``as_video`` takes), read lazily. It has no
+    source file, so the embedding cache keys it on its pixels, apart from the original."""
+    return Video(MirrorReader(as_video(video)._reader), None)

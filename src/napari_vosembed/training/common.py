@@ -14,7 +14,7 @@ import torch
 
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
 from ..engine.heads import Head
-from ..io import list_sequences, read_sequence
+from ..io import list_sequences, mirrored, read_sequence
 from ..methods.pml import cell_labels
 from ..progress import Progress
 
@@ -29,13 +29,15 @@ def davis_split(names: list[str]) -> tuple[list[str], list[str]]:
 
 @dataclass
 class TrainConfig:
-    """What every head's training takes; each method's config adds its own fields and defaults."""
+    """What every head's training takes; each method's config adds its own fields and defaults.
+    mirror: every training sequence is also used as its left-right mirror image (`load_videos`)."""
 
     steps: int = 1000
     dim: int = 128
     hidden: int = 256
     lr: float = 1e-3
     seed: int = 0
+    mirror: bool = False
     settings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
 
 
@@ -46,17 +48,21 @@ class TrainingVideo:
     labels: np.ndarray  # (T, h*w) int64, the majority ground-truth label of each cell
 
 
-def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, device: str = "auto"
-                ) -> Generator[Progress, None, list[TrainingVideo]]:
-    """Embed (or reuse the cached embeddings of) each sequence and grid its ground truth."""
+def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, device: str = "auto",
+                mirror: bool = False) -> Generator[Progress, None, list[TrainingVideo]]:
+    """Embed (or reuse the cached embeddings of) each sequence and grid its ground truth; with
+    `mirror`, each sequence's mirror image (frames and masks) follows it as a training video of its own."""
     videos = []
     for i, name in enumerate(names):
         seq = read_sequence(root / name)
-        emb = yield from embed_video(seq.video, settings, device=device)
-        grid = emb.grid_shape
-        labels = np.stack([cell_labels(seq.masks[t], grid, emb.settings.stride).reshape(-1)
-                           for t in range(len(seq.masks))])
-        videos.append(TrainingVideo(name, emb, labels.astype(np.int64)))
+        copies = [(name, seq.video, lambda m: m)]
+        if mirror:
+            copies.append((f"{name} (mirrored)", mirrored(seq.video), lambda m: m[:, ::-1]))
+        for label, video, orient in copies:
+            emb = yield from embed_video(video, settings, device=device)
+            labels = np.stack([cell_labels(np.ascontiguousarray(orient(seq.masks[t])), emb.grid_shape,
+                                           emb.settings.stride).reshape(-1) for t in range(len(seq.masks))])
+            videos.append(TrainingVideo(label, emb, labels.astype(np.int64)))
         yield Progress(i + 1, len(names), "ground truth")
     return videos
 
@@ -66,7 +72,7 @@ def run(data: Path, out: Path, config: TrainConfig, train: Callable, device: str
     """Train with `train(videos, config)` (a generator returning the head and its loss history) on
     our split of `data`; save the head to `out` and its training record beside it (.json)."""
     train_names, held_out = davis_split(list_sequences(data))
-    videos = yield from load_videos(data, train_names, config.settings, device)
+    videos = yield from load_videos(data, train_names, config.settings, device, config.mirror)
     start = time.perf_counter()
     head: Head
     head, history = yield from train(videos, config)

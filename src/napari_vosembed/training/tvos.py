@@ -7,7 +7,8 @@ propagated label is minimised. As in the paper each sample is a crop (here 32 x 
 inference schedule (`methods.tvos.sample_references`); the motion prior of inference is applied
 during training too. Each step scores `targets` random pixels of each target crop against every
 pixel of its reference crops (an unbiased estimate of the mean over all target pixels). Sequences, split and
-ground-truth gridding are those of `training.common`.
+ground-truth gridding are those of `training.common`; every sequence is also used as its mirror image
+(`mirror`, docs/tvos.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .common import TrainingVideo
 @dataclass
 class TrainConfig(common.TrainConfig):
     steps: int = 1500
+    mirror: bool = True
     dim: int = 32
     hidden: int = 128
     clips: int = 1
