@@ -199,11 +199,10 @@ def test_train_writes_a_head_that_loads_with_its_record(backbone, sample_seq, tm
     assert record["train_sequences"] == ["b-train"] and record["held_out_sequences"] == ["a-held-out"]
     assert record["command"].startswith(f"vosembed --quiet train {head} --data ") and len(record["loss_history"]) == 1
     assert settings.scale is None and not any(p.requires_grad for p in model.parameters())
-    assert record["config"]["mirror"] is (head == "tvos")  # TVOS trains on mirror images too (docs/tvos.md)
-    flag = "--no-mirror" if head == "tvos" else "--mirror"
+    assert record["config"]["mirror"] is True  # both heads train on mirror images too (docs/pml.md, docs/tvos.md)
     assert main(["--quiet", "train", head, "--data", str(root), "--steps", "2", "--device", "cpu",
-                 "--out", str(out), flag]) == 0
-    assert json.loads(out.with_suffix(".json").read_text())["config"]["mirror"] is (head == "pml")
+                 "--out", str(out), "--no-mirror"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["mirror"] is False
 
 
 def test_train_refuses_a_dropout_that_zeroes_every_feature(tmp_path, capsys):

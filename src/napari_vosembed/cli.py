@@ -234,9 +234,7 @@ def _train(args, module, name: str, **options) -> int:
     training generator, with a progress bar); say where the head went."""
     from .engine.cache import EmbeddingSettings
 
-    if args.mirror is not None:
-        options["mirror"] = args.mirror
-    config = module.TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed,
+    config = module.TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, mirror=args.mirror,
                                 settings=EmbeddingSettings(scale=args.scale), **options)
     command = "vosembed " + " ".join(args.argv)
     out = drive(module.run(Path(args.data), Path(args.out), config, args.device, command,
@@ -270,8 +268,8 @@ def _train_parser(train, name: str, summary: str, description: str, steps: int):
     t.add_argument("--scale", type=float, default=None,
                    help="frame scale of the backbone embeddings (default: about 0.1 megapixel, 0.5 for 480p)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
-                   help="train on each sequence's mirror image too (default: on for tvos, off for pml)")
+    t.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                   help="train on each sequence's mirror image too (default: on)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return t
 

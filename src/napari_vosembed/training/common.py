@@ -30,14 +30,15 @@ def davis_split(names: list[str]) -> tuple[list[str], list[str]]:
 @dataclass
 class TrainConfig:
     """What every head's training takes; each method's config adds its own fields and defaults.
-    mirror: every training sequence is also used as its left-right mirror image (`load_videos`)."""
+    mirror: every training sequence is also used as its left-right mirror image (`load_videos`; on for
+    both heads, docs/pml.md and docs/tvos.md)."""
 
     steps: int = 1000
     dim: int = 128
     hidden: int = 256
     lr: float = 1e-3
     seed: int = 0
-    mirror: bool = False
+    mirror: bool = True
     settings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
 
 

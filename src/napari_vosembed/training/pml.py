@@ -7,7 +7,8 @@ and uniform anchors would teach the background alone); the pools are a random su
 frames' pixels. `dropout` (beyond the paper) zeroes that share of the backbone features the head
 sees in training, a regulariser against the few training videos. `members` (beyond the paper)
 trains that many heads one after the other, with seeds `seed`, `seed + 1`, ..., into one ensemble
-head (`PMLHead`); member 0 is the head `members = 1` trains.
+head (`PMLHead`); member 0 is the head `members = 1` trains. Every sequence is also used as its mirror
+image (`mirror`, beyond the paper; docs/pml.md).
 """
 
 from __future__ import annotations

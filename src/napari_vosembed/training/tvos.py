@@ -31,7 +31,6 @@ from .common import TrainingVideo
 @dataclass
 class TrainConfig(common.TrainConfig):
     steps: int = 1500
-    mirror: bool = True
     dim: int = 32
     hidden: int = 128
     clips: int = 1
