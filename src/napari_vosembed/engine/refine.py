@@ -13,6 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..io.video import stretch
+
 
 #: The colour guided filter: radius in grid cells, regulariser (colours in [0, 1]; just above the
 #: variance of 8-bit JPEG noise, about 6e-5) and subsampling in grid cells, chosen on the validation
@@ -121,25 +123,16 @@ def invert_symmetric(matrix: np.ndarray) -> np.ndarray:
     return (adjugate * inv_det[..., None]).astype(np.float32).reshape(matrix.shape)
 
 
-def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """`values` mapped from [low, high] to float32 [0, 1], clipped; 8-bit values through a 256-entry
-    table (one pass instead of four)."""
-    if values.dtype == np.uint8:
-        table = _stretch(np.arange(256, dtype=np.float32), low, high)
-        return cv2.LUT(np.ascontiguousarray(values), table)
-    return np.clip((values.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1)
-
-
 def gray_guide(frame: np.ndarray, low: float, high: float) -> np.ndarray:
     """The frame as a float32 (H, W) guide in [0, 1] (RGB to luma; `low`/`high` stretch microscopy)."""
     if frame.ndim == 3:
         frame = cv2.cvtColor(np.ascontiguousarray(frame[..., :3]).astype(np.float32), cv2.COLOR_RGB2GRAY)
-    return _stretch(frame, low, high)
+    return stretch(frame, low, high)
 
 
 def colour_guide(frame: np.ndarray, low: float, high: float) -> np.ndarray:
     """An RGB frame as a float32 (H, W, 3) guide in [0, 1], stretched by `low`/`high`."""
-    return _stretch(frame[..., :3], low, high)
+    return stretch(frame[..., :3], low, high)
 
 
 def upsample_scores(scores: np.ndarray, stride: float, size: tuple[int, int]) -> np.ndarray:

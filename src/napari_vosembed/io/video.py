@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..errors import VideoReadError
@@ -121,8 +122,17 @@ class Video:
         return f"Video(source={str(self.source)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`values` mapped from [low, high] to float32 [0, 1]: ``(values - low) / (high - low)``, clipped;
+    8-bit values through a 256-entry table (one pass instead of four)."""
+    if values.dtype == np.uint8:
+        return cv2.LUT(np.ascontiguousarray(values), stretch(np.arange(256, dtype=np.float32), low, high))
+    out = (values.astype(np.float32) - np.float32(low)) * np.float32(1.0 / max(float(high) - float(low), 1e-6))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def normalize_frame(frame: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map a frame to float32 ``(H, W, 3)`` in [0, 1]: ``(frame - low) / (high - low)``, clipped.
+    """Map a frame to float32 ``(H, W, 3)`` in [0, 1] (`stretch`).
 
     Grayscale frames are replicated to 3 channels; ``high`` must exceed ``low``.
     """
@@ -133,8 +143,7 @@ def normalize_frame(frame: np.ndarray, low: float, high: float) -> np.ndarray:
         frame = frame[..., 0]
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[-1] != 3):
         raise ValueError(f"expected an (H, W) or (H, W, 3) frame, got shape {frame.shape}")
-    out = (frame.astype(np.float32) - np.float32(low)) * np.float32(1.0 / (float(high) - float(low)))
-    np.clip(out, 0.0, 1.0, out=out)
+    out = stretch(frame, low, high)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=2)
     return np.ascontiguousarray(out)
