@@ -171,6 +171,8 @@ def test_normalize_frame_rgb_and_clipping():
     frame = np.array([[[0, 128, 255]]], np.uint8)
     np.testing.assert_allclose(normalize_frame(frame, 0, 255), [[[0, 128 / 255, 1]]], rtol=1e-6)
     np.testing.assert_allclose(normalize_frame(np.array([[-5.0, 20.0]]), 0, 10)[0, :, 0], [0, 1])
+    stretched = np.array([[0, 10, 105, 200, 255]], np.uint8)
+    np.testing.assert_allclose(normalize_frame(stretched, 10, 200)[0, :, 1], [0, 0, 0.5, 1, 1], atol=1e-6)
     with pytest.raises(ValueError, match="high > low"):
         normalize_frame(frame, 5, 5)
 
