@@ -3,7 +3,7 @@
     xvfb-run -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb \
         .venv/bin/python scripts/user_guide_screenshots.py [--out docs/images]
 
-It opens the bundled sample clip (File > Open Sample > VOS Embed > Horse gallop), docks the
+It opens the bundled sample clip (File > Open Sample > Horse gallop (clip with ground truth) (VOS Embed)), docks the
 widget, and plays each workflow of the guide as a user would: clicks, a box, a painted mask, and
 the mask propagated with TVOS.
 PML runs with the trained head when one is installed (src/napari_vosembed/models/pml_head.pt),

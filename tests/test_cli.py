@@ -58,7 +58,8 @@ def test_evaluate_missing_prediction_frame_is_named(sample_seq, tmp_path, capsys
 
 
 def test_segment_reports_bad_prompts(sample_seq, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(methods, "_REGISTRY", {})
+    methods.available_methods()  # discovered first, so that the emptied registry stays empty
+    monkeypatch.setattr(methods.base.METHODS, "items", {})
     frames = str(sample_seq / "frames")
     assert main(["segment", frames, "--out", str(tmp_path / "o"), "--box", "0=1,2,3"]) == 2
     assert "x0,y0,x1,y1" in capsys.readouterr().err
@@ -78,7 +79,8 @@ def test_segment_rejects_a_missing_video(tmp_path, capsys):
 
 
 def test_demo_says_plainly_when_no_method_is_installed(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(methods, "_REGISTRY", {})
+    methods.available_methods()  # discovered first, so that the emptied registry stays empty
+    monkeypatch.setattr(methods.base.METHODS, "items", {})
     assert main(["demo", "--out", str(tmp_path)]) == 0
     assert "No segmentation method is installed yet" in capsys.readouterr().out
     assert not any(tmp_path.iterdir())
@@ -184,8 +186,8 @@ def test_benchmark_clicks_averages_the_robot_over_seeds(backbone, sample_seq, tm
 
 @pytest.mark.parametrize("head", ["pml", "tvos"])
 def test_train_writes_a_head_that_loads_with_its_record(backbone, sample_seq, tmp_path, head):
-    from napari_vosembed.methods.pml import PMLHead
-    from napari_vosembed.methods.tvos import TVOSHead
+    from napari_vosembed.engine.nets.pml import PMLHead
+    from napari_vosembed.engine.nets.tvos import TVOSHead
 
     root = tmp_path / "data"
     root.mkdir()

@@ -1,4 +1,5 @@
-"""The `vosembed` command: segment, evaluate, fetch-models, demo."""
+"""The `vosembed` command: segment videos, score them, fetch the models, run the demo, measure
+(benchmark) and train the networks we ship."""
 
 from __future__ import annotations
 
@@ -17,20 +18,15 @@ from .progress import drive
 if TYPE_CHECKING:
     from .prompts import Prompts
 
+#: Every command's help shows the options' defaults.
+DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
 
 def _parse_frame_value(text: str, option: str) -> tuple[int, str]:
     frame, sep, value = text.partition("=")
     if not sep or not frame.strip().lstrip("-").isdigit():
         raise PromptError(f"{option} {text!r}: expected FRAME=VALUE, e.g. {option} 0=...")
     return int(frame), value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _read_points_csv(path: Path):
@@ -153,7 +149,7 @@ def _evaluation_pairs(pred_dir: Path, gt_dir: Path):
 
 
 def cmd_evaluate(args) -> int:
-    from .metrics import evaluate_sequence, summarize
+    from .metrics import evaluate_sequence, format_report, summarize
 
     results = {}
     for name, pred, gt in _evaluation_pairs(Path(args.pred_dir), Path(args.gt_dir)):
@@ -163,21 +159,6 @@ def cmd_evaluate(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
-
-
-def format_report(report: dict) -> str:
-    """A fixed-width table of J, F and J&F (mean, recall, decay) per sequence and global."""
-    head = f"{'sequence':<24}{'J&F':>8}{'J mean':>8}{'J rec':>8}{'J dec':>8}{'F mean':>8}{'F rec':>8}{'F dec':>8}"
-    rows = [head, "-" * len(head)]
-
-    keys = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
-
-    def row(name, r):
-        return f"{name:<24}" + "".join(f"{r[k]:>8.3f}" for k in keys)
-
-    rows += [row(name, r) for name, r in report["sequences"].items()]
-    rows.append(row("global", report["global"]))
-    return "\n".join(rows)
 
 
 def cmd_fetch_models(args) -> int:
@@ -198,104 +179,59 @@ def cmd_demo(args) -> int:
     return demo.run(Path(args.out), device=args.device, quiet=args.quiet)
 
 
-def cmd_benchmark_embed(args) -> int:
-    from .benchmarks import embed
+def cmd_benchmark(args) -> int:
+    from .benchmarks import available_benchmarks
 
-    embed.run(args.video, Path(args.data), args.frames, args.device, args.threads, args.warmup,
-              Path(args.out), Path(args.docs))
+    available_benchmarks()[args.benchmark].run(args)
     return 0
 
 
-def cmd_benchmark_pml(args) -> int:
-    from .benchmarks import pml
+def cmd_train(args) -> int:
+    """Train `args.trainer` with the config its options give; say where the network went."""
+    import dataclasses
 
-    pml.semi_supervised(Path(args.data), args.sequences, args.device, Path(args.out), Path(args.docs))
-    return 0
+    from .training import available_trainers
 
-
-def cmd_benchmark_clicks(args) -> int:
-    from .benchmarks import pml
-
-    pml.clicks(Path(args.data), args.sequences, args.device, args.max_clicks_per_frame, Path(args.out),
-               Path(args.docs), Path(args.plot), args.seeds)
-    return 0
-
-
-def cmd_benchmark_tvos(args) -> int:
-    from .benchmarks import tvos
-
-    tvos.run(Path(args.data), args.sequences, Path(args.cells) if args.cells else None, args.device, args.threads,
-             args.dense_frames, Path(args.out), Path(args.docs))
-    return 0
-
-
-def _train(args, module, name: str, **options) -> int:
-    """Train `module.TrainConfig(**options)` plus the options every head takes (`module.run`, a
-    training generator, with a progress bar); say where the head went."""
-    from .engine.cache import EmbeddingSettings
-
-    config = module.TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed, mirror=args.mirror,
-                                settings=EmbeddingSettings(scale=args.scale), **options)
+    trainer = available_trainers()[args.trainer]
+    config = trainer.config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(trainer.config)})
     command = "vosembed " + " ".join(args.argv)
-    out = drive(module.run(Path(args.data), Path(args.out), config, args.device, command,
-                           Path(args.plot) if args.plot else None), args.quiet)
-    print(f"{name} head saved to {out} (training record: {out.with_suffix('.json')})")
+    out = drive(trainer.run(Path(args.data), Path(args.out), config, args.device, command,
+                            Path(args.plot) if args.plot else None), args.quiet)
+    print(f"{trainer.name} network saved to {out} (training record: {out.with_suffix('.json')})")
     return 0
 
 
-def cmd_train_pml(args) -> int:
-    from .training import pml
+def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """An option per field of the dataclass `config`: its type, default, metadata "help" and "choices"."""
+    import dataclasses
+    import typing
 
-    return _train(args, pml, "PML", batch=args.batch, margin=args.margin, loss=args.loss, dropout=args.dropout,
-                  members=args.members)
-
-
-def cmd_train_tvos(args) -> int:
-    from .training import tvos
-
-    return _train(args, tvos, "TVOS", clips=args.clips, crops=args.crops, crop=args.crop)
-
-
-def _train_parser(train, name: str, summary: str, description: str, steps: int):
-    """The sub-command `train NAME` with the options every head's training takes."""
-    t = train.add_parser(name, help=summary, description=description + " Every fourth sequence (alphabetical) is held "
-                         "out, the rest train. Embeddings are cached first.")
-    t.add_argument("--data", required=True, help="root of training sequences (SEQ/frames + SEQ/masks)")
-    t.add_argument("--out", default=f"src/napari_vosembed/models/{name}_head.pt", help="where the head is written")
-    t.add_argument("--plot", help="PNG of the loss curve")
-    t.add_argument("--steps", type=int, default=steps)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--scale", type=float, default=None,
-                   help="frame scale of the backbone embeddings (default: about 0.1 megapixel, 0.5 for 480p)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
-                   help="train on each sequence's mirror image too (default: on)")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    return t
-
-
-def _held_out_benchmark(bench, name: str, summary: str, description: str, func):
-    """The sub-command `benchmark NAME` with the options of the benchmarks on our held-out sequences."""
-    b = bench.add_parser(name, help=summary, description=description + " On the sequences of DATA that our split "
-                         "holds out of training, unless --sequences names others.")
-    b.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
-    b.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
-    b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
-    b.set_defaults(func=func)
-    return b
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        kind = hints[f.name]
+        optional = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = optional[0] if optional else kind
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text,
+                                choices=f.metadata.get("choices"))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .benchmarks import available_benchmarks, held_out_arguments
     from .methods import available_methods
+    from .training import available_trainers
 
     parser = argparse.ArgumentParser(prog="vosembed", description=__doc__)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     methods = list(available_methods())
-    p = sub.add_parser("segment", help="segment a video from masks, clicks or boxes",
+    p = sub.add_parser("segment", formatter_class=DEFAULTS, help="segment a video from masks, clicks or boxes",
                        description="Segment VIDEO and write one label image per frame into --out.")
     p.add_argument("video", help="video file (mp4, avi, mov, webm, mkv), frame folder, or (OME-)TIFF stack")
     p.add_argument("--method", default=None,
@@ -313,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("evaluate", help="J, F and J&F of predictions against ground truth",
+    p = sub.add_parser("evaluate", formatter_class=DEFAULTS, help="J, F and J&F of predictions against ground truth",
                        description="Score PRED_DIR against GT_DIR as the DAVIS benchmark does. GT_DIR is a "
                        "sequence folder (SEQ/masks or DAVIS JPEGImages/480p/SEQ), a folder of label images, "
                        "or a root of sequences (then PRED_DIR holds one folder per sequence).")
@@ -324,13 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="semi-supervised skips the first and last frame (DAVIS); 'all' scores every frame")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("fetch-models", help="download and verify the ISNet backbone into the cache",
+    p = sub.add_parser("fetch-models", formatter_class=DEFAULTS,
+                       help="download and verify the ISNet backbone into the cache",
                        description="Fetch the ISNet backbone (npm package @imgly/background-removal-data) "
                        "into the cache (VOSEMBED_CACHE_DIR overrides the location).")
     p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     p.set_defaults(func=cmd_fetch_models)
 
-    p = sub.add_parser("demo", help="segment the bundled sample clip and score it",
+    p = sub.add_parser("demo", formatter_class=DEFAULTS, help="segment the bundled sample clip and score it",
                        description="Segment the sample clip with the best installed method, write masks and "
                        "an overlay image, and print J&F against its ground truth.")
     p.add_argument("--out", default="demo-output", help="output folder")
@@ -339,60 +276,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="measure speed, memory and accuracy (JSON + Markdown)")
     bench = p.add_subparsers(dest="benchmark", required=True)
-    b = bench.add_parser("embed", help="backbone time per frame, peak RSS and cache size per setting",
-                         description="Embed a long video with each backbone setting in a fresh process: "
-                         "median time per frame after warm-up, peak RSS, cache size; then a second run that "
-                         "must find every frame cached.")
-    b.add_argument("--video", help="video to embed (default: --frames frames linked from --data)")
-    b.add_argument("--data", default="../shared/data/davis2016-train", help="root of sequences to build the clip from")
-    b.add_argument("--frames", type=int, default=100, help="length of the clip built from --data")
-    b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--warmup", type=int, default=3, help="frames excluded from the median")
-    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose 'embed' section is replaced")
-    b.set_defaults(func=cmd_benchmark_embed)
+    for b in available_benchmarks().values():
+        b_parser = bench.add_parser(b.name, help=b.summary, formatter_class=DEFAULTS, description=b.description + (
+            " On the sequences of DATA that our split holds out of training, unless --sequences names others."
+            if b.held_out else ""))
+        if b.held_out:
+            held_out_arguments(b_parser)
+        if b.arguments is not None:
+            b.arguments(b_parser)
+        b_parser.set_defaults(func=cmd_benchmark)
 
-    _held_out_benchmark(bench, "pml", "PML J&F with the first mask, retrieval time per frame and per click",
-                        "PML J&F with the first mask, retrieval time per frame and per click, with the trained "
-                        "head and with raw backbone features.", cmd_benchmark_pml)
-    b = _held_out_benchmark(bench, "clicks", "the click robot: J versus clicks per frame (PNG + JSON)",
-                            "The click robot: J versus clicks per frame (PNG + JSON), with the trained head and with "
-                            "raw backbone features.", cmd_benchmark_clicks)
-    b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
-    b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
-    b.add_argument("--seeds", type=_positive_int, default=1,
-                   help="runs of the robot per sequence (seeds 0 to N - 1), averaged: one seed moves the curve by "
-                        "several points")
-    b = _held_out_benchmark(bench, "tvos", "TVOS J&F, propagation time per frame (fast and dense) and peak RSS",
-                            "TVOS from the mask of frame 0 (trained head with and without global matching, raw "
-                            "backbone features) and on a Cell Tracking Challenge sequence; the fast propagation "
-                            "against the dense affinity on the same inputs, in the same run.", cmd_benchmark_tvos)
-    b.add_argument("--cells", default="../shared/data/ctc-dic-hela-01",
-                   help="a multi-object sequence (every object of frame 0 propagates); '' to skip")
-    b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--dense-frames", type=int, default=5, help="frames timed with the dense reference")
-
-    p = sub.add_parser("train", help="train the heads we ship")
-    train = p.add_subparsers(dest="head", required=True)
-    t = _train_parser(train, "pml", "the PML embedding head (triplet loss of Chen et al. 2018, Eq. 1)",
-                      "Train the PML head on DAVIS-style sequence folders.", steps=800)
-    t.add_argument("--batch", type=int, default=4, help="triplets (three frames each) per step")
-    t.add_argument("--margin", type=float, default=0.3, help="alpha of Eq. 1")
-    t.add_argument("--loss", default="pml", choices=["pml", "triplet", "contrastive"])
-    t.add_argument("--dropout", type=float, default=0.0,
-                   help="share of the backbone features zeroed in training (a regulariser; 0: the paper)")
-    t.add_argument("--members", type=_positive_int, default=1,
-                   help="heads trained one after the other (seeds --seed, --seed + 1, ...) into one ensemble head "
-                        "whose similarity is the mean of theirs (1: the paper)")
-    t.set_defaults(func=cmd_train_pml)
-
-    t = _train_parser(train, "tvos", "the TVOS embedding head (propagation cross-entropy of Zhang et al. 2020, Eq. 8)",
-                      "Train the TVOS head on DAVIS-style sequence folders.", steps=1500)
-    t.add_argument("--clips", type=int, default=1, help="target frames (each with 9 reference frames) per step")
-    t.add_argument("--crops", type=int, default=4, help="crops of each target frame")
-    t.add_argument("--crop", type=int, default=32, help="crop side in grid cells")
-    t.set_defaults(func=cmd_train_tvos)
+    p = sub.add_parser("train", help="train the networks we ship")
+    train = p.add_subparsers(dest="trainer", required=True)
+    for t in available_trainers().values():
+        t_parser = train.add_parser(t.name, help=t.summary, formatter_class=DEFAULTS, description=t.description + (
+            " Every fourth sequence (alphabetical) is held out, the rest train. Embeddings are cached first."))
+        t_parser.add_argument("--data", required=True, help="root of training sequences (SEQ/frames + SEQ/masks)")
+        t_parser.add_argument("--out", default=t.out, help="where the network is written")
+        t_parser.add_argument("--plot", help="PNG of the loss curve")
+        t_parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        _config_options(t_parser, t.config)
+        t_parser.set_defaults(func=cmd_train)
     return parser
 
 

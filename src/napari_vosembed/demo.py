@@ -9,7 +9,7 @@ import numpy as np
 
 from .io import read_sequence, write_png_labels
 from .methods import best_method, iter_segment
-from .metrics import evaluate_sequence, summarize
+from .metrics import evaluate_sequence, format_report, summarize
 from .prompts import Prompts
 from .sample import write_sample_sequence
 
@@ -31,7 +31,6 @@ def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
 
 
 def run(out: Path, device: str = "auto", quiet: bool = False) -> int:
-    from .cli import format_report
     from .progress import drive
 
     seq = read_sequence(write_sample_sequence(out / "input", overwrite=True))

@@ -286,3 +286,18 @@ def summarize(results: Mapping[str, SequenceResult]) -> dict:
         },
         "sequences": {name: result.summary() for name, result in results.items()},
     }
+
+
+def format_report(report: dict) -> str:
+    """A fixed-width table of J, F and J&F (mean, recall, decay) per sequence and global."""
+    head = f"{'sequence':<24}{'J&F':>8}{'J mean':>8}{'J rec':>8}{'J dec':>8}{'F mean':>8}{'F rec':>8}{'F dec':>8}"
+    rows = [head, "-" * len(head)]
+
+    keys = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+
+    def row(name, r):
+        return f"{name:<24}" + "".join(f"{r[k]:>8.3f}" for k in keys)
+
+    rows += [row(name, r) for name, r in report["sequences"].items()]
+    rows.append(row("global", report["global"]))
+    return "\n".join(rows)

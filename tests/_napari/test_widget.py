@@ -9,7 +9,8 @@ from scipy import ndimage
 from napari_vosembed._napari import layers as L
 from napari_vosembed._napari.widget import SegmentWidget
 from napari_vosembed.engine.refine import STRAY_DISTANCE
-from napari_vosembed.methods.pml import ADAPT_PER_FRAME, ADAPT_WINDOW, FINETUNE_STEPS, PMLSession
+from napari_vosembed.engine.pml_index import ADAPT_PER_FRAME, ADAPT_WINDOW, FINETUNE_STEPS, PMLIndex
+from napari_vosembed.methods.pml import PML
 from napari_vosembed.methods.tvos import GLOBAL_MATCHING
 
 FRAME = 6  # the frame the tests annotate (the horse is fully in view)
@@ -37,16 +38,16 @@ def click_all(click, viewer, points, pos, neg):
 @pytest.fixture
 def built_graphs(monkeypatch):
     """The shapes of the anchor graphs PML builds during the test (one entry per graph)."""
-    from napari_vosembed.methods import pml
+    from napari_vosembed.engine import pml_index
 
     built = []
 
-    class CountedGraph(pml.AnchorGraph):
+    class CountedGraph(pml_index.AnchorGraph):
         def __init__(self, *args, **kwargs):
             built.append(args[0].shape)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(pml, "AnchorGraph", CountedGraph)
+    monkeypatch.setattr(pml_index, "AnchorGraph", CountedGraph)
     return built
 
 
@@ -58,9 +59,9 @@ def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(cl
     advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "click_propagation", "refine", "finetune_steps",
                 "stray_distance"}
     assert set(w.params()) == {"head", "online_adaptation"} | advanced
-    assert {widget.name for widget in w._basic} == {"head", "online_adaptation"}
-    assert {widget.name for widget in w._advanced} == advanced
-    assert not w._advanced_box.isExpanded()  # advanced parameters start folded away
+    assert {widget.name for widget in w.form.basic} == {"head", "online_adaptation"}
+    assert {widget.name for widget in w.form.advanced} == advanced
+    assert not w.form.advanced_box.isExpanded()  # advanced parameters start folded away
     assert w.device.choices == ("auto", "cpu", "cuda")
     # PML does not propagate: those buttons are off; nothing runs, so there is nothing to cancel
     assert not w.forward_button.enabled and not w.backward_button.enabled
@@ -175,13 +176,13 @@ def test_a_painted_mask_segments_the_object(clip, qtbot):
 def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentation(clip, qtbot, monkeypatch, click):
     w = clip.widget
     w.instant.value = False
-    settings = {p.name: p for p in w._param_widgets}
+    settings = {p.name: p for p in w.form.widgets}
     assert (settings["adapt_per_frame"].value, settings["adapt_window"].value) == (ADAPT_PER_FRAME, ADAPT_WINDOW)
     assert settings["finetune_steps"].value == FINETUNE_STEPS and settings["stray_distance"].value == STRAY_DISTANCE
     settings["adapt_per_frame"].value, settings["adapt_window"].value, settings["finetune_steps"].value = 30, 2, 3
     settings["stray_distance"].value = 5
     calls, tunings = [], []
-    predict_all, finetuned = PMLSession.predict_all, PMLSession.finetuned
+    predict_all, finetuned = PMLIndex.predict_all, PMLIndex.finetuned
 
     def recording(session, *args, **kwargs):
         calls.append((args or kwargs, [step for step, _ in session.finetune_history]))
@@ -191,8 +192,8 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
         tunings.append(steps)
         return finetuned(session, steps)
 
-    monkeypatch.setattr(PMLSession, "predict_all", recording)
-    monkeypatch.setattr(PMLSession, "finetuned", tuning)
+    monkeypatch.setattr(PMLIndex, "predict_all", recording)
+    monkeypatch.setattr(PMLIndex, "finetuned", tuning)
     masks = w.add_mask_layer()
     ys, xs = np.nonzero(clip.masks[FRAME])
     masks.data_setitem((np.full(len(ys), FRAME), ys, xs), 1)
@@ -203,11 +204,12 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
                   "finetune_steps": 0}, [3])
     assert tunings == [3] and calls == [segmented]
     assert clip.J(frames=[FRAME]) > 0.3
-    # a click beside the same mask: Segment all frames and `session_for` (the live updates) reuse the tuned head
+    # a click beside the same mask: Segment all frames and the live updates reuse the tuned head
     w.add_points_layer().add([FRAME, 5, 5])
     w.segment_button.clicked.emit()
     assert tunings == [3] and calls == [segmented] * 2
-    assert [step for step, _ in w.session_for(w.prompts(clip.image)).finetune_history] == [3]
+    session = w.store.get(clip.image.unique_id, w._method())
+    assert [step for step, _ in session.view(w.prompts(clip.image)).finetune_history] == [3]
     masks.data_setitem((np.array([FRAME]), np.array([0]), np.array([0])), 1)  # the mask changed: tuned again
     w.segment_button.clicked.emit()
     assert tunings == [3, 3] and len(calls) == 3
@@ -294,20 +296,20 @@ def test_cancel_stops_a_running_job_and_leaves_the_labels_alone(clip, monkeypatc
     for y, x in pos:
         click(viewer, points, FRAME, y, x)
     w.segment_button.clicked.emit()
-    job = w._session_job
-    assert job is not None and job.running and w.cancel_button.enabled
+    job = w.store.jobs[0]
+    assert job.running and w.cancel_button.enabled
     w.cancel_button.clicked.emit()
     assert job.wait(60)
     assert job.cancelled and not job.failed
     qtbot.wait(50)
-    assert w._run_job is None  # the segmentation never started
+    assert w.runner.run_job is None  # the segmentation never started
     assert w.output.value is None or not w.output.value.data.any()
     assert w.segment_button.enabled and not w.cancel_button.enabled
     assert clip.errors() == []
     # and the next run works
     w.segment_button.clicked.emit()
-    assert w._session_job.wait(60)
-    qtbot.waitUntil(lambda: w._run_job is not None and w._run_job.finished, timeout=60_000)
+    assert w.store.jobs[0].wait(60)
+    qtbot.waitUntil(lambda: w.runner.run_job is not None and w.runner.run_job.finished, timeout=60_000)
     assert w.output.value is not None and w.output.value.data.any()
 
 
@@ -332,7 +334,7 @@ def test_cancel_during_retrieval_keeps_what_was_there(clip, monkeypatch, click):
     w.segment_button.clicked.emit()
     assert any(s.stage == "retrieval" for s in seen)
     assert max(s.done for s in seen if s.stage == "retrieval") == 3  # it stopped there
-    assert w._run_job.cancelled
+    assert w.runner.run_job.cancelled
     assert w.output.value is None or not w.output.value.data.any()
     assert clip.errors() == []
 
@@ -357,23 +359,25 @@ def test_propagate_buttons_follow_the_method(clip, monkeypatch, click):
             value: int = 2
             scale: float | None = None  # None: the method decides
 
-        def run(self, video, prompts):
-            yield Progress(1, 1, "run")
-            return np.full((len(video), *video.shape[1:3]), self.params.value, np.uint8)
+        def create_session(self, video, shared, settings):
+            yield Progress(1, 1, "opening")
+            return ForwardSession(self, video)
 
-        def propagate(self, video, prompts, start, direction):
+    class ForwardSession(methods.Session):
+        def segment(self, prompts, start=None, direction=0, live=False):
+            self.check(prompts, start, direction)
             calls.append((start, direction))
             yield Progress(1, 1, "propagation")
-            return np.full((len(video), *video.shape[1:3]), self.params.value, np.uint8)
+            return np.full((len(self.video), *self.video.shape[1:3]), self.params.value, np.uint8)
 
-    monkeypatch.setitem(methods._REGISTRY, Forward.name, Forward)
+    monkeypatch.setitem(methods.base.METHODS.all(), Forward.name, Forward)
     viewer, w = clip.viewer, clip.widget
     w.reset_choices()
     w.method.value = Forward.name
     assert w.forward_button.enabled and w.backward_button.enabled
     assert not w.instant.visible
     assert w.params() == {"value": 2, "scale": None}
-    scale = w._param_widgets[1]
+    scale = w.form.widgets[1]
     scale.value = "0.5"
     assert w.params()["scale"] == 0.5
     scale.value = ""
@@ -398,7 +402,7 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     assert w.forward_button.enabled and w.backward_button.enabled
     assert set(w.params()) == {"head", "temperature", "fast", "keep_annotated", "refine", "global_matching",
                                "adapt_matcher", "finetune_steps", "stray_distance"}
-    lam = next(p for p in w._param_widgets if p.name == "global_matching")
+    lam = next(p for p in w.form.widgets if p.name == "global_matching")
     assert (lam.value, lam.min, lam.max, lam.step) == (GLOBAL_MATCHING, 0.0, 1.0, 0.05)
     masks = w.add_mask_layer()
     ys, xs = np.nonzero(clip.masks[FRAME])
@@ -424,12 +428,12 @@ def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypa
     """Propagate and Segment all frames with TVOS share the dock's PML session (its embedding, its
     anchor graph for the clicks) as matcher, and keep the TVOS session while its parameters stay."""
     from napari_vosembed._napari import widget
-    from napari_vosembed.methods.tvos import TVOS, TVOSSession
+    from napari_vosembed.methods.tvos import TVOS, TVOSPropagator
     from napari_vosembed.progress import drive
 
     monkeypatch.setattr(widget, "EMBEDDING_SETTINGS", None)  # the shipped heads' features, as TVOS's
     opened, built = [], built_graphs
-    originals = {cls: cls.open.__func__ for cls in (PMLSession, TVOSSession)}
+    originals = {cls: cls.open.__func__ for cls in (PMLIndex, TVOSPropagator)}
 
     def counting(cls, *args, **kwargs):
         opened.append(cls.__name__)
@@ -449,38 +453,51 @@ def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypa
     assert forward[FRAME:].any() and not forward[:FRAME].any()
     w.backward_button.clicked.emit()
     w.segment_button.clicked.emit()
-    assert opened == ["PMLSession", "TVOSSession"] and len(built) == 1
-    assert w._method_session[1].matcher is w._session  # the dock's session is the matcher
-    kept = w._method_session[1]
-    stray = next(p for p in w._param_widgets if p.name == "stray_distance")
+    assert opened == ["PMLIndex", "TVOSPropagator"] and len(built) == 1
+    tvos_session = w.store.get(clip.image.unique_id, w._method())
+    pml_session = w.store.get(clip.image.unique_id, PML(device="auto"))
+    assert tvos_session.matcher is pml_session  # one PML session, shared: the matcher
+    kept = tvos_session
+    stray = next(p for p in w.form.widgets if p.name == "stray_distance")
     stray.value = 0  # another parameter: a new TVOS session, on the same PML session
     w.forward_button.clicked.emit()
-    assert opened == ["PMLSession", "TVOSSession", "TVOSSession"] and w._method_session[1] is not kept
+    assert opened == ["PMLIndex", "TVOSPropagator", "TVOSPropagator"]
+    assert w.store.get(clip.image.unique_id, w._method()) is not kept
     forward, prompts = np.array(w.output.value.data[FRAME:]), w.prompts(clip.image)
     w.method.value = "pml"  # the same PML session, its anchor graph ready for the clicks
     click(viewer, points, FRAME, *pos[0])
-    assert opened.count("PMLSession") == 1 and len(built) == 1
+    assert opened.count("PMLIndex") == 1 and len(built) == 1
     assert clip.errors() == []
-    alone = TVOS(device="cpu", stray_distance=0).propagate(L.image_video(clip.image), prompts, FRAME, 1)
-    np.testing.assert_array_equal(forward, drive(alone, quiet=True)[FRAME:])  # the labels of the library's run
+    alone = drive(TVOS(device="cpu", stray_distance=0).open_session(L.image_video(clip.image)), quiet=True)
+    np.testing.assert_array_equal(forward, drive(alone.segment(prompts, FRAME, 1), quiet=True)[FRAME:])
 
 
-def test_an_anchor_graph_the_parameters_ask_for_is_built_in_the_sessions_worker(clip, click, built_graphs):
+def test_an_anchor_graph_the_parameters_ask_for_is_built_in_the_sessions_worker(clip, click, built_graphs,
+                                                                               monkeypatch):
     """A session opened without click propagation gets its anchor graph from a worker job when the
     parameter is turned on, not lazily on the main thread at the next click."""
-    built = built_graphs
+    from napari_vosembed._napari import workers
+
+    built, stages = built_graphs, []
+    original = workers.Job._yielded
+
+    def recording(job, step):
+        stages.append((job.desc, step.stage))
+        original(job, step)
+
+    monkeypatch.setattr(workers.Job, "_yielded", recording)
     viewer, w = clip.viewer, clip.widget
-    mu = next(p for p in w._param_widgets if p.name == "click_propagation")
+    mu = next(p for p in w.form.widgets if p.name == "click_propagation")
     mu.value = 0.0
     points = w.add_points_layer()
     pos, neg = sample_points(clip.masks[FRAME], 2, 3)
     click_all(click, viewer, points, pos, neg)
     before = np.array(w.output.value.data)
-    session = w._session
-    assert built == [] and not session.has_anchor_graph
+    session = w.store.get(clip.image.unique_id, w._method())
+    assert built == [] and not session.index.has_anchor_graph
     mu.value = 0.5
-    assert len(built) == 1 and w._session is session
-    assert w._session_job.last_progress.stage == "anchor graph" and w._session_job.finished
+    assert len(built) == 1 and w.store.get(clip.image.unique_id, w._method()) is session
+    assert ("preparing pml", "anchor graph") in stages and not w.store.busy
     assert not np.array_equal(w.output.value.data, before)  # the clicks' labels now propagate
     assert clip.errors() == []
 
@@ -540,7 +557,7 @@ def test_two_objects_keep_their_ids_and_colours(clip, click):
     viewer, w = clip.viewer, clip.widget
     points = w.add_points_layer()
     click(viewer, points, FRAME, 60, 120)  # object 1 somewhere
-    assert w.next_object() == 2
+    assert w.prompt_layers.next_object() == 2
     click(viewer, points, FRAME, 10, 150)  # object 2 elsewhere
     click(viewer, points, FRAME, 110, 10, modifiers=["Shift"])
     assert points.features["label"].tolist() == [1, 2, 0]
@@ -577,7 +594,7 @@ def test_with_real_threads_a_click_returns_at_once_and_the_labels_follow(clip, c
     inside = np.argwhere(ndimage.binary_erosion(clip.masks[FRAME], iterations=3))[0]
     click(viewer, points, FRAME, *inside)
     assert w.output.value is None  # nothing computed yet: the click did not wait for the embedding
-    qtbot.waitUntil(lambda: w._live_job is not None and w._live_job.finished, timeout=60_000)
+    qtbot.waitUntil(lambda: w.runner.live_job is not None and w.runner.live_job.finished, timeout=60_000)
     out = w.output.value
     assert out.data[FRAME][tuple(inside)] == 1
     assert all(out.data[t].any() for t in range(len(out.data)))  # the other frames followed
@@ -609,25 +626,25 @@ def test_the_n_key_on_a_clicks_layer_starts_a_new_object(clip, click):
     assert points.features["label"].tolist() == [1, 2]
     w.points.value = None  # a layer the widget lets go of is left as it was
     assert KeyBinding.from_str("n") not in points.keymap
-    assert w._points_press not in points.mouse_drag_callbacks
+    assert w.prompt_layers._points_press not in points.mouse_drag_callbacks
 
 
 def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch, built_graphs):
     """And its anchor graph (label propagation from clicks) is built once, in the session's worker."""
     opened, built = [], built_graphs
-    original = PMLSession.open.__func__
+    original = PMLIndex.open.__func__
 
     def counting(cls, *args, **kwargs):
         opened.append(kwargs.get("head"))
         return original(cls, *args, **kwargs)
 
-    monkeypatch.setattr(PMLSession, "open", classmethod(counting))
+    monkeypatch.setattr(PMLIndex, "open", classmethod(counting))
     viewer, w = clip.viewer, clip.widget
     points = w.add_points_layer()
     for y, x in ((60, 120), (62, 118), (10, 10)):
         click(viewer, points, FRAME, y, x)
     w.add_boxes_layer()  # new layers, a new output layer: the session stays
-    w._param_widgets[[p.name for p in w._param_widgets].index("k_click")].value = 1  # retrieval only
+    w.form.widgets[[p.name for p in w.form.widgets].index("k_click")].value = 1  # retrieval only
     w.segment_button.clicked.emit()
     assert len(opened) == 1 and len(built) == 1
     assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 1

@@ -3,16 +3,43 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from napari_vosembed import methods
 from napari_vosembed.errors import MethodError
-from napari_vosembed.methods import Method, Progress, register_method, segment
+from napari_vosembed.methods.pml import PML
+from napari_vosembed.methods import Method, Progress, Session, available_methods, base, register_method, segment
+from napari_vosembed.progress import drive
 from napari_vosembed.prompts import Prompts
 
 
 @pytest.fixture
 def registry(monkeypatch):
-    monkeypatch.setattr(methods, "_REGISTRY", {})
-    return methods._REGISTRY
+    available_methods()  # the shipped methods are discovered (once) before the registry is emptied
+    monkeypatch.setattr(base.METHODS, "items", {})
+    return base.METHODS.items
+
+
+class CopyFirstMask(Method):
+    """Repeats the mask of frame 0 plus `fill` (test double for the registry, not a shipped method)."""
+
+    name = "copy-first"
+    session_params = ()  # its session depends on no parameter: `fill` applies to each call
+
+    @dataclass
+    class Params:
+        fill: int = 0
+
+    def create_session(self, video, shared, settings):
+        yield Progress(1, 1, "opening")
+        return CopySession(self, video)
+
+
+class CopySession(Session):
+    def segment(self, prompts, start=None, direction=0, live=False):
+        self.check(prompts, start, direction)
+        out = np.empty(self.video.shape[:3], np.int32)
+        for t in range(len(self.video)):
+            out[t] = prompts.masks[0] + self.params.fill
+            yield Progress(t + 1, len(self.video), "copy")
+        return out
 
 
 def test_empty_registry_says_no_method(registry):
@@ -20,30 +47,14 @@ def test_empty_registry_says_no_method(registry):
         segment(np.zeros((2, 4, 4), np.uint8), Prompts().add_point(0, 1, 1, 1))
 
 
-def test_segment_drives_the_generator_and_validates_prompts(registry):
-    @register_method
-    class CopyFirstMask(Method):
-        """Repeats the mask of frame 0 (test double for the registry, not a shipped method)."""
-
-        name = "copy-first"
-
-        @dataclass
-        class Params:
-            fill: int = 0
-
-        def run(self, video, prompts):
-            out = np.empty(video.shape[:3], np.int32)
-            for t in range(len(video)):
-                out[t] = prompts.masks[0] + self.params.fill
-                yield Progress(t + 1, len(video), "copy")
-            return out
-
+def test_segment_opens_a_session_drives_its_generator_and_validates_prompts(registry):
+    register_method(CopyFirstMask)
     video = np.zeros((3, 4, 5), np.uint8)
     mask = np.eye(4, 5, dtype=np.uint8)
     seen = []
     labels = segment(video, Prompts().add_mask(0, mask), progress=seen.append, device="cpu", fill=1)
     assert labels.shape == (3, 4, 5) and np.all(labels == mask + 1)
-    assert [p.done for p in seen] == [1, 2, 3]
+    assert [(p.stage, p.done) for p in seen] == [("opening", 1), ("copy", 1), ("copy", 2), ("copy", 3)]
     with pytest.raises(MethodError, match="no parameter bogus"):
         segment(video, Prompts().add_mask(0, mask), device="cpu", bogus=1)
     with pytest.raises(MethodError, match="unknown method 'nope'"):
@@ -52,13 +63,28 @@ def test_segment_drives_the_generator_and_validates_prompts(registry):
         segment(video, Prompts().add_mask(0, np.ones((4, 6), np.uint8)), device="cpu")
 
 
-def test_only_tvos_shares_the_pml_session_and_names_the_pml_head_of_its_matcher():
-    from napari_vosembed.methods import available_methods
+def test_a_session_answers_only_what_its_method_can(registry):
+    register_method(CopyFirstMask)
+    session = drive(CopyFirstMask(device="cpu").open_session(np.zeros((3, 4, 5), np.uint8)), quiet=True)
+    prompts = Prompts().add_mask(0, np.eye(4, 5, dtype=np.uint8))
+    with pytest.raises(MethodError, match="does not answer frame by frame"):
+        session.predict_frame(prompts, 1)
+    with pytest.raises(MethodError, match="does not propagate"):
+        next(session.segment(prompts, start=1, direction=1))
+    # new parameters of the same session key are taken over; another method's are refused
+    session.use(CopyFirstMask(device="cpu", fill=2))
+    assert session.params.fill == 2 and drive(session.segment(prompts), quiet=True)[2, 0, 0] == 3
+    with pytest.raises(MethodError, match="opened for other parameters"):
+        session.use(PML(device="cpu"))
 
+
+def test_the_shipped_methods_declare_what_they_do():
     installed = available_methods()
-    assert [name for name, cls in installed.items() if cls.shares_pml_session] == ["tvos"]
+    assert list(installed)[:2] == ["pml", "tvos"]
     pml, tvos = installed["pml"], installed["tvos"]
-    assert pml.pml_head("/some/pml_head.pt") == "/some/pml_head.pt" and pml.pml_head(None) is None
-    assert tvos.pml_head("/some/tvos_head.pt") == "default" and tvos.pml_head(None) is None
-    with pytest.raises(MethodError, match="'pml' does not run on a PML session"):
-        next(pml(device="cpu").open_session(np.zeros((2, 4, 4), np.uint8)))
+    assert pml.interactive and not pml.propagates and pml.requires == () and pml.session_params == ("head",)
+    assert tvos.propagates and not tvos.interactive and tvos.requires == ("pml",)
+    assert pml.title and tvos.title  # what the dock shows
+    assert pml(device="cpu").session_key() == pml(device="cpu", k_mask=7).session_key()
+    assert pml(device="cpu").session_key() != pml(device="cpu", head="none").session_key()
+    assert tvos(device="cpu").session_key() != tvos(device="cpu", global_matching=0.5).session_key()

@@ -9,23 +9,19 @@ from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
 from napari_vosembed.errors import MethodError, ModelFileError, PromptError, VosEmbedError
 from napari_vosembed.methods import segment
-from napari_vosembed.methods.pml import PMLHead, PMLSession
-from napari_vosembed.methods.tvos import (
-    ADAPT_CONFIDENCE,
-    GLOBAL_MATCHING,
+from napari_vosembed.engine.grid import cell_shares, grid_positions
+from napari_vosembed.engine.pml_index import PMLIndex
+from napari_vosembed.engine.propagation import (
     SIGMA_DISTANT,
     SIGMA_RECENT,
-    TVOS,
-    TVOSHead,
-    TVOSSession,
-    cell_shares,
-    grid_positions,
     propagate,
     propagate_dense,
     sample_references,
-    seed_masks,
     with_positions,
 )
+from napari_vosembed.methods.tvos import ADAPT_CONFIDENCE, GLOBAL_MATCHING, TVOS, TVOSPropagator, seed_masks
+from napari_vosembed.engine.nets.pml import PMLHead
+from napari_vosembed.engine.nets.tvos import TVOSHead
 from napari_vosembed.metrics import db_eval_iou
 from napari_vosembed.progress import drive
 from napari_vosembed.prompts import Prompts
@@ -67,9 +63,9 @@ def session(frames, stride=4, global_matching=0.0, **options):
     """A session on colour embeddings: propagation in isolation (and PML on the same embeddings
     when `global_matching` > 0)."""
     video, emb = as_video(frames), colour_embeddings(frames, stride)
-    matcher = PMLSession(video, emb, None, torch.device("cpu")) if global_matching else None
+    matcher = PMLIndex(video, emb, None, torch.device("cpu")) if global_matching else None
     options.setdefault("temperature", 0.05)
-    return TVOSSession(video, emb, None, torch.device("cpu"), matcher=matcher, global_matching=global_matching,
+    return TVOSPropagator(video, emb, None, torch.device("cpu"), matcher=matcher, global_matching=global_matching,
                        **options)
 
 
@@ -180,7 +176,7 @@ def textured_session(n=14, grid=(36, 60), objects=((4, 4, 10), (20, 28, 10), (6,
     emb = Embeddings(Path("unused"), settings, masks.shape[1:], {stride: features.astype(np.float16)}, None,
                      np.ones(n, bool))
     options.setdefault("temperature", 0.05)
-    return TVOSSession(as_video(np.zeros(masks.shape, np.uint8)), emb, None, torch.device("cpu"), **options), masks
+    return TVOSPropagator(as_video(np.zeros(masks.shape, np.uint8)), emb, None, torch.device("cpu"), **options), masks
 
 
 def test_the_fast_path_agrees_with_the_dense_affinity():
@@ -206,7 +202,7 @@ def test_the_fast_path_agrees_with_the_dense_affinity():
 
 def test_the_head_applied_per_level_equals_the_head_on_the_combined_features():
     frames, _ = scene(n=3)
-    s = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
+    s = drive(TVOSPropagator.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
     head = TVOSHead(s.embeddings.channels, dim=8, hidden=16).eval()
     with torch.no_grad():
         whole = head(s.embeddings.frame_features(2))
@@ -251,12 +247,15 @@ def test_propagating_forward_or_backward_labels_only_that_side_of_the_start():
 
 
 def test_clicks_seed_the_propagation_through_pml():
-    """Clicks alone: PML labels the clicked frame, TVOS carries it through the video (raw features
-    for both, so the test needs no trained head)."""
+    """Clicks alone: PML's session labels the clicked frame, TVOS carries it through the video (raw
+    features for both, so the test needs no trained head)."""
+    from napari_vosembed.methods.pml import PML
+
     frames, masks = scene(n=6, size=(96, 128), side=32)
     prompts = Prompts().add_point(2, 28, 40, 1).add_point(2, 80, 110, 0)
     s = session(frames)
-    run, stages = seed_masks(frames, prompts, "cpu", None, TINY), []
+    matcher = drive(PML(device="cpu", head="none").open_session(frames, settings=TINY), quiet=True)
+    run, stages = seed_masks(prompts, matcher), []
     with pytest.raises(StopIteration) as done:
         while True:
             stages.append(next(run).stage)
@@ -268,15 +267,25 @@ def test_clicks_seed_the_propagation_through_pml():
     assert min(db_eval_iou(masks[t] == 1, labels[t] == 1) for t in range(3, 6)) > 0.6
 
 
-def test_tvos_is_registered_and_propagates():
+def test_tvos_is_registered_requires_pml_and_propagates_one_way_through_its_session():
     from napari_vosembed.methods import available_methods
+    from napari_vosembed.methods.pml import PMLSession
 
     cls = available_methods()["tvos"]
-    assert cls.propagates and list(available_methods())[0] == "pml"
+    assert cls.propagates and cls.requires == ("pml",) and list(available_methods())[0] == "pml"
     frames, masks = scene(n=5)
     prompts = Prompts().add_mask(1, masks[1])
-    out = drive(cls(device="cpu", head="none").propagate(frames, prompts, start=1, direction=1), quiet=True)
+    tvos = cls(device="cpu", head="none")
+    assert tvos.required()["pml"].params.head == "none"  # raw features beside raw features
+    assert cls(device="cpu").required()["pml"].params.head == "default"  # the shipped PML head beside TVOS's
+    session = drive(tvos.open_session(frames, settings=TINY), quiet=True)
+    assert isinstance(session.matcher, PMLSession)  # opened for it, as the method requires
+    out = drive(session.segment(prompts, start=1, direction=1), quiet=True)
     assert not out[0].any() and db_eval_iou(masks[4] == 1, out[4] == 1) > 0.5
+    with pytest.raises(MethodError, match="direction is"):
+        drive(session.segment(prompts, start=1, direction=2), quiet=True)
+    with pytest.raises(MethodError, match="does not answer frame by frame"):
+        session.predict_frame(prompts, 2)
 
 
 def test_a_damaged_head_file_is_refused_clearly(tmp_path):
@@ -327,7 +336,7 @@ def test_global_matching_blends_the_propagated_labels_with_pml_votes_over_the_an
         assert min(db_eval_iou(masks[t] == obj, labels[t] == obj) for t in range(1, 6)) > 0.85
     assert 0 < blended.match_counts[0] < blended.match_counts[1] == 5 * blended.grid[0] * blended.grid[1]
     refs = blended.references(5, 5, 1, [0])
-    votes, values, _ = PMLSession(blended.video, blended.embeddings, None, torch.device("cpu")).with_prompts(
+    votes, values, _ = PMLIndex(blended.video, blended.embeddings, None, torch.device("cpu")).with_prompts(
         Prompts().add_mask(0, masks[0])).frame_scores(5, 5)
     assert list(values) == [0, 1, 2]
     alone = plain.frame_scores(5, refs, blended.labels)
@@ -373,7 +382,7 @@ def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
     torch.manual_seed(0)
     head = PMLHead(emb.channels, dim=8, hidden=16).eval().requires_grad_(False)
     weights = [p.clone() for p in head.parameters()]
-    matcher = PMLSession(video, emb, head, torch.device("cpu"))
+    matcher = PMLIndex(video, emb, head, torch.device("cpu"))
 
     def run(s, annotated=None):
         gen, stages = s.run(annotated or {0: masks[0]}), []
@@ -383,7 +392,7 @@ def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
         return stages, done.value.value
 
     options = dict(temperature=0.13, matcher=matcher, global_matching=0.3)
-    tuned = TVOSSession(video, emb, None, torch.device("cpu"), finetune_steps=20, **options)
+    tuned = TVOSPropagator(video, emb, None, torch.device("cpu"), finetune_steps=20, **options)
     stages, labels = run(tuned)
     assert stages[:20] == ["training"] * 20 and set(stages[20:]) == {"propagation"}
     assert tuned._global.head is not head and len(tuned._global.finetune_history) == 1
@@ -399,7 +408,7 @@ def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
     assert len(tuned._global.pool) == len(tuned_matcher.pool)
     other, _ = run(tuned, {1: masks[1]})  # other masks: tuned anew
     assert other.count("training") == 20 and tuned._tuned[1] is not tuned_matcher
-    untuned = TVOSSession(video, emb, None, torch.device("cpu"), **options)
+    untuned = TVOSPropagator(video, emb, None, torch.device("cpu"), **options)
     assert "training" not in run(untuned)[0] and untuned._global.head is head
     raw = session(frames, global_matching=0.3)  # raw features: nothing to fine-tune
     assert "training" not in run(raw)[0]
@@ -412,22 +421,22 @@ def test_the_matcher_head_is_fine_tuned_on_the_masks_before_propagating():
 
 def test_the_session_opens_its_pml_matcher_on_the_same_grid():
     frames, _ = scene(n=3)
-    s = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
+    s = drive(TVOSPropagator.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
     assert s.global_matching == GLOBAL_MATCHING and s.matcher.grid == s.grid
-    assert drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, global_matching=0),
+    assert drive(TVOSPropagator.open(frames, head=None, device="cpu", settings=TINY, global_matching=0),
                  quiet=True).matcher is None
-    shared = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, matcher=s.matcher), quiet=True)
+    shared = drive(TVOSPropagator.open(frames, head=None, device="cpu", settings=TINY, matcher=s.matcher), quiet=True)
     assert shared.matcher is s.matcher  # an open PML session on the same features is shared, not reopened
-    other = PMLSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"))
-    own = drive(TVOSSession.open(frames, head=None, device="cpu", settings=TINY, matcher=other), quiet=True)
+    other = PMLIndex(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"))
+    own = drive(TVOSPropagator.open(frames, head=None, device="cpu", settings=TINY, matcher=other), quiet=True)
     assert own.matcher is not other and own.matcher.embeddings.settings == TINY  # other features: its own
     longer, _ = scene(n=5)
-    elsewhere = PMLSession(as_video(longer), colour_embeddings(longer), None, torch.device("cpu"))
+    elsewhere = PMLIndex(as_video(longer), colour_embeddings(longer), None, torch.device("cpu"))
     with pytest.raises(VosEmbedError, match=r"PML matcher is of another video \(5 frames of 64x96, not 3 of 64x96\)"):
-        TVOSSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=elsewhere)
-    coarse = PMLSession(as_video(frames), colour_embeddings(frames, stride=8), None, torch.device("cpu"))
+        TVOSPropagator(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=elsewhere)
+    coarse = PMLIndex(as_video(frames), colour_embeddings(frames, stride=8), None, torch.device("cpu"))
     with pytest.raises(VosEmbedError, match=r"PML embeddings \(8x12 cells\) and the TVOS embeddings \(16x24\)"):
-        TVOSSession(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=coarse)
+        TVOSPropagator(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"), matcher=coarse)
     with pytest.raises(MethodError, match=r"global_matching must lie in \[0, 1\], not 1.5"):
         session(frames, global_matching=1.5)
     with pytest.raises(MethodError, match=r"global_matching must lie in \[0, 1\], not -0.1"):

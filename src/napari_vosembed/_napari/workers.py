@@ -85,6 +85,7 @@ class Job:
         self._on_done = on_done
         self._show_progress = show_progress
         self._bar = None
+        self._drawing = False
         self._stage: str | None = None
         self._gen: Generator | None = None
         self._worker = None
@@ -155,12 +156,19 @@ class Job:
         if self.cancelled or not isinstance(step, Progress):
             return
         self.last_progress = step
-        if self._show_progress:
-            if self._bar is None or step.stage != self._stage:
-                self._close_bar()
-                self._stage = step.stage
-                self._bar = _make_bar(f"{self.desc}: {step.stage}", step.total, self.cancel)
-            self._bar.update(max(0, step.done - self._bar.n))
+        # napari's progress bar processes Qt events while it is made, which can deliver the next
+        # step here before this one is done: that step only counts (one bar per stage, never a bar
+        # inside a bar)
+        if self._show_progress and not self._drawing:
+            self._drawing = True
+            try:
+                if self._bar is None or step.stage != self._stage:
+                    self._close_bar()
+                    self._stage = step.stage
+                    self._bar = _make_bar(f"{self.desc}: {step.stage}", step.total, self.cancel)
+                self._bar.update(max(0, step.done - self._bar.n))
+            finally:
+                self._drawing = False
         if self._on_progress is not None:
             self._on_progress(step)
 

@@ -2,19 +2,59 @@
 
 Every benchmark writes `<out>/<name>.json` and replaces its own section of `docs/benchmarks.md`
 (between `<!-- name:start -->` and `<!-- name:end -->`), so the figures in the docs are always
-the ones a command produced.
+the ones a command produced. Every module of this package that registers a `Benchmark` becomes a
+`vosembed benchmark` command.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """`vosembed benchmark NAME`: `arguments(parser)` adds its options, `run(args)` measures and
+    writes the report. `held_out`: it also takes the options of the benchmarks on the sequences our
+    split holds out (`held_out_arguments`)."""
+
+    name: str
+    summary: str
+    description: str
+    run: Callable[[argparse.Namespace], object]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    held_out: bool = False
+
+
+BENCHMARKS: Registry[Benchmark] = Registry(__name__)
+
+
+def register_benchmark(benchmark: Benchmark) -> Benchmark:
+    return BENCHMARKS.register(benchmark.name, benchmark)
+
+
+def available_benchmarks() -> dict[str, Benchmark]:
+    return dict(sorted(BENCHMARKS.all().items()))
+
+
+def held_out_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks on the sequences our split holds out of training."""
+    parser.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
+    parser.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    parser.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
 
 
 def machine() -> dict:

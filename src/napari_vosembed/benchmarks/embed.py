@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import Benchmark, register_benchmark
+
 #: The settings compared: name -> EmbeddingSettings keyword arguments.
 SETTINGS = {
     "isnet half size, strides 4-32 (default)": {"scale": 0.5, "levels": [4, 8, 16, 32]},
@@ -101,6 +103,25 @@ def run(video: str | None, data: Path | None, frames: int, device: str, threads:
                      f"| {r['warm_frames_computed']}, {r['warm_total_s']:.2f} |")
     write_report("embed", payload, "\n".join(lines), out_dir, docs)
     return payload
+
+
+def _arguments(b) -> None:
+    b.add_argument("--video", help="video to embed (default: --frames frames linked from --data)")
+    b.add_argument("--data", default="../shared/data/davis2016-train", help="root of sequences to build the clip from")
+    b.add_argument("--frames", type=int, default=100, help="length of the clip built from --data")
+    b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    b.add_argument("--warmup", type=int, default=3, help="frames excluded from the median")
+    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
+    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose 'embed' section is replaced")
+
+
+register_benchmark(Benchmark(
+    "embed", "backbone time per frame, peak RSS and cache size per setting",
+    "Embed a long video with each backbone setting in a fresh process: median time per frame after warm-up, "
+    "peak RSS, cache size; then a second run that must find every frame cached.",
+    lambda a: run(a.video, Path(a.data), a.frames, a.device, a.threads, a.warmup, Path(a.out), Path(a.docs)),
+    _arguments))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import numpy as np
 from ..engine.refine import STRAY_DISTANCE
 from ..errors import VosEmbedError
 from ..io import list_sequences, read_sequence
-from ..methods.pml import CLICK_PROPAGATION, FINETUNE_STEPS, K_CLICK, PMLSession
+from ..engine.pml_index import CLICK_PROPAGATION, FINETUNE_STEPS, K_CLICK, PMLIndex
 from ..metrics import db_eval_iou, evaluate_sequence, summarize
 from ..progress import drive
 from ..prompts import Prompts
+from . import Benchmark, register_benchmark
 
 #: Semi-supervised variants: name -> (head, online adaptation, fine-tuning steps, stray distance).
 VARIANTS = {
@@ -46,7 +47,7 @@ def held_out(data: Path, names: list[str] | None) -> list[str]:
 
 
 def _open(seq, head, device, **options):
-    return drive(PMLSession.open(seq.video, head, device, **options), quiet=True)
+    return drive(PMLIndex.open(seq.video, head, device, **options), quiet=True)
 
 
 def semi_supervised(data: Path, names: list[str] | None, device: str, out_dir: Path, docs: Path) -> dict:
@@ -150,7 +151,7 @@ def _random_pixel(region: np.ndarray, rng: np.random.Generator) -> tuple[int, in
     return int(ys[i]), int(xs[i])
 
 
-def click_curve(session: PMLSession, gt: np.ndarray, max_clicks_per_frame: float, seed: int = 0
+def click_curve(session: PMLIndex, gt: np.ndarray, max_clicks_per_frame: float, seed: int = 0
                 ) -> list[tuple[float, float]]:
     """The click robot of Sec. 4.3 on a view of `session` against the (T, H, W) mask `gt`: a
     random object click and a random background click on a random frame to start, then
@@ -252,3 +253,23 @@ def _plot_curves(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _click_arguments(b) -> None:
+    b.add_argument("--max-clicks-per-frame", type=float, default=1.0)
+    b.add_argument("--plot", default="docs/images/pml-clicks.png", help="where the curve is drawn")
+    b.add_argument("--seeds", type=int, default=1, help="runs of the robot per sequence (seeds 0 to N - 1), "
+                   "averaged: one seed moves the curve by several points")
+
+
+register_benchmark(Benchmark(
+    "pml", "PML J&F with the first mask, retrieval time per frame and per click",
+    "PML J&F with the first mask, retrieval time per frame and per click, with the trained head and with raw "
+    "backbone features.",
+    lambda a: semi_supervised(Path(a.data), a.sequences, a.device, Path(a.out), Path(a.docs)), held_out=True))
+register_benchmark(Benchmark(
+    "clicks", "the click robot: J versus clicks per frame (PNG + JSON)",
+    "The click robot: J versus clicks per frame (PNG + JSON), with the trained head and with raw backbone features.",
+    lambda a: clicks(Path(a.data), a.sequences, a.device, a.max_clicks_per_frame, Path(a.out), Path(a.docs),
+                     Path(a.plot), a.seeds),
+    _click_arguments, held_out=True))

@@ -22,10 +22,13 @@ import torch
 
 from ..engine.refine import STRAY_DISTANCE
 from ..io import read_sequence
-from ..methods.pml import FINETUNE_STEPS
-from ..methods.tvos import GLOBAL_MATCHING, TVOSSession, cell_shares, propagate, propagate_dense
+from ..engine.grid import cell_shares
+from ..engine.pml_index import FINETUNE_STEPS
+from ..engine.propagation import propagate, propagate_dense
+from ..methods.tvos import GLOBAL_MATCHING, TVOSPropagator
 from ..metrics import evaluate_sequence, summarize
 from ..progress import drive
+from . import Benchmark, register_benchmark
 from .pml import held_out
 
 #: name -> (head, global_matching, finetune_steps, stray_distance): the default, without the spatial
@@ -43,7 +46,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class GroundTruthHistory(TVOSSession):
+class GroundTruthHistory(TVOSPropagator):
     """A diagnostic, not a method (it needs the answer): every predicted frame joins the references
     with its ground truth `truth[t]` (cell shares, as an annotated frame) instead of its prediction,
     so errors cannot accumulate. Its J&F is that of propagation without drift."""
@@ -56,12 +59,12 @@ class GroundTruthHistory(TVOSSession):
 
 def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MATCHING, finetune_steps: int = 0,
                      ground_truth_history: bool = False, stray_distance: int = STRAY_DISTANCE
-                     ) -> tuple[TVOSSession, np.ndarray, float, float]:
+                     ) -> tuple[TVOSPropagator, np.ndarray, float, float]:
     """Propagate the mask of frame 0 through `seq`; returns the session, the labels, the seconds
     per propagated frame (embeddings cached beforehand, so no backbone time) and the seconds the
     matcher's fine-tuning took before (everything until the first "propagation" progress).
     `ground_truth_history`: a `GroundTruthHistory` session."""
-    cls = GroundTruthHistory if ground_truth_history else TVOSSession
+    cls = GroundTruthHistory if ground_truth_history else TVOSPropagator
     session = drive(cls.open(seq.video, head, device, global_matching=global_matching,
                              finetune_steps=finetune_steps, stray_distance=stray_distance), quiet=True)
     if ground_truth_history:
@@ -82,7 +85,7 @@ def segment_sequence(seq, head, device: str, global_matching: float = GLOBAL_MAT
     return session, labels, (time.perf_counter() - propagating) / (len(labels) - 1), propagating - start
 
 
-def fast_vs_dense(session: TVOSSession, frames: list[int], device: str) -> dict:
+def fast_vs_dense(session: TVOSPropagator, frames: list[int], device: str) -> dict:
     """Time Eq. 6-7 for `frames` (after a finished `run`) with both paths on the same inputs, on
     `device`, and compare their label distributions."""
     fast_s, dense_s, worst, agree = [], [], 0.0, []
@@ -233,3 +236,20 @@ def _markdown(p: dict) -> str:
                   f"divides ends its id in the ground truth); cells versus background J&F "
                   f"{100 * fg['J&F-Mean']:.1f} (J {100 * fg['J-Mean']:.1f})."]
     return "\n".join(lines)
+
+
+def _arguments(b) -> None:
+    b.add_argument("--cells", default="../shared/data/ctc-dic-hela-01",
+                   help="a multi-object sequence (every object of frame 0 propagates); '' to skip")
+    b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    b.add_argument("--dense-frames", type=int, default=5, help="frames timed with the dense reference")
+
+
+register_benchmark(Benchmark(
+    "tvos", "TVOS J&F, propagation time per frame (fast and dense) and peak RSS",
+    "TVOS from the mask of frame 0 (trained head with and without global matching, raw backbone features) and on "
+    "a Cell Tracking Challenge sequence; the fast propagation against the dense affinity on the same inputs, in "
+    "the same run.",
+    lambda a: run(Path(a.data), a.sequences, Path(a.cells) if a.cells else None, a.device, a.threads,
+                  a.dense_frames, Path(a.out), Path(a.docs)),
+    _arguments, held_out=True))

@@ -133,6 +133,11 @@ class Embeddings:
                 for level, a in self.levels.items()}
         return combine_levels(maps, tuple(self.levels))[0].permute(1, 2, 0)
 
+    def raw_embedding(self, t: int) -> torch.Tensor:
+        """(h*w, C) `frame_features(t)` with unit norm per cell: the embedding of methods run on
+        the raw backbone features (no trained head)."""
+        return F.normalize(self.frame_features(t).reshape(-1, self.channels), dim=-1)
+
 
 def video_fingerprint(video) -> str:
     """Hash of what the frames are made of: the file's bytes, a folder's frame files, or the pixels."""

@@ -18,7 +18,7 @@ from ..io.video import stretch
 
 #: The colour guided filter: radius in grid cells, regulariser (colours in [0, 1]; just above the
 #: variance of 8-bit JPEG noise, about 6e-5) and subsampling in grid cells, chosen on the validation
-#: split (docs/pml.md, "Edge-aware upsampling with the colour frame").
+#: split (docs/pml.md).
 COLOUR_RADIUS_CELLS, COLOUR_EPS, COLOUR_SUBSAMPLE_CELLS = 2, 1e-4, 0.5
 #: The gray guided filter's regulariser (its radius: half a grid cell).
 GRAY_EPS = 1e-3
@@ -107,8 +107,8 @@ def _channels_last(x: np.ndarray) -> np.ndarray:
 def invert_symmetric(matrix: np.ndarray) -> np.ndarray:
     """M^-1 for a stack of symmetric positive definite matrices `(..., C, C)`, as float32: for 3 x 3,
     adj(M) / det(M) written out in float64 (Cramer's rule; numpy's batched LAPACK routines pay a call
-    per matrix: its `solve` took 3x the time of this closed form, docs/pml.md "Ensembles of
-    heads"); 1 x 1: 1 / M; other sizes `np.linalg.inv`."""
+    per matrix: its `solve` takes 3x the time of this closed form); 1 x 1: 1 / M; other sizes
+    `np.linalg.inv`."""
     size = matrix.shape[-1]
     if size == 1:
         return (1 / matrix).astype(np.float32)

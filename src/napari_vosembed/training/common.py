@@ -15,7 +15,7 @@ import torch
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
 from ..engine.heads import Head
 from ..io import list_sequences, mirrored, read_sequence
-from ..methods.pml import cell_labels
+from ..engine.grid import cell_labels
 from ..progress import Progress
 
 
@@ -27,19 +27,29 @@ def davis_split(names: list[str]) -> tuple[list[str], list[str]]:
     return [n for n in names if n not in held_out], held_out
 
 
+def option(default, help: str):
+    """A config field with the help text its `vosembed train` option shows."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """What every head's training takes; each method's config adds its own fields and defaults.
-    mirror: every training sequence is also used as its left-right mirror image (`load_videos`; on for
-    both heads, docs/pml.md and docs/tvos.md)."""
+    """What every network's training takes; each trainer's config adds its own fields and defaults
+    (every field is an option of `vosembed train NAME`)."""
 
-    steps: int = 1000
-    dim: int = 128
-    hidden: int = 256
-    lr: float = 1e-3
-    seed: int = 0
-    mirror: bool = True
-    settings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    steps: int = option(1000, "optimiser steps")
+    dim: int = option(128, "width of the embedding")
+    hidden: int = option(256, "width of the hidden layer")
+    lr: float = option(1e-3, "learning rate (Adam, cosine schedule)")
+    seed: int = option(0, "random seed")
+    mirror: bool = option(True, "train on each sequence's left-right mirror image too")
+    scale: float | None = option(None, "frame scale of the backbone embeddings (None: about 0.1 megapixel, "
+                                       "0.5 for 480p)")
+
+    @property
+    def settings(self) -> EmbeddingSettings:
+        """The embedding settings the network is trained (and later used) with."""
+        return EmbeddingSettings(scale=self.scale)
 
 
 @dataclass

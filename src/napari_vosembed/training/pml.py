@@ -14,7 +14,7 @@ image (`mirror`, beyond the paper; docs/pml.md).
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +23,26 @@ from torch import nn
 
 from ..engine.heads import fit
 from ..errors import MethodError
-from ..methods.pml import PMLHead, balanced_anchors, grid_coords
+from ..engine.grid import grid_coords
+from ..engine.nets.pml import PMLHead, balanced_anchors
 from ..progress import Progress
-from . import common
-from .common import TrainingVideo
+from . import Trainer, common, register_trainer
+from .common import TrainingVideo, option
 from ..engine.losses import LOSSES
 
 
 @dataclass
 class TrainConfig(common.TrainConfig):
-    steps: int = 800
-    batch: int = 4
-    anchors: int = 256
-    pool: int = 2048
-    margin: float = 0.3
-    loss: str = "pml"
-    dropout: float = 0.0
-    members: int = 1
+    steps: int = option(800, "optimiser steps")
+    batch: int = option(4, "triplets (three frames each) per step")
+    anchors: int = option(256, "anchors per triplet, half object and half background")
+    pool: int = option(2048, "positive and negative pool per triplet, from two other frames")
+    margin: float = option(0.3, "alpha of Eq. 1")
+    loss: str = field(default="pml", metadata={"help": "the loss: Eq. 1 of the paper, plain triplet or contrastive",
+                                               "choices": tuple(LOSSES)})
+    dropout: float = option(0.0, "share of the backbone features zeroed in training (a regulariser; 0: the paper)")
+    members: int = option(1, "heads trained one after the other (seeds seed, seed + 1, ...) into one ensemble head "
+                             "whose similarity is the mean of theirs (1: the paper)")
 
     def __post_init__(self):
         if not 0 <= self.dropout < 1:
@@ -110,3 +113,8 @@ def run(data: Path, out: Path, config: TrainConfig, device: str, command: str, p
         ) -> Generator[Progress, None, Path]:
     """Train on `data` (our split of it), save the head to `out` with its training record."""
     return (yield from common.run(data, out, config, train, device, command, plot, f"PML head, {config.loss} loss"))
+
+
+register_trainer(Trainer("pml", "the PML embedding head (triplet loss of Chen et al. 2018, Eq. 1)",
+                         "Train the PML head on DAVIS-style sequence folders.", TrainConfig, run,
+                         "src/napari_vosembed/models/pml_head.pt"))

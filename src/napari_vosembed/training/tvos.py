@@ -22,22 +22,23 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.heads import fit
-from ..methods.tvos import TVOSHead, propagation_logits, sample_references
+from ..engine.propagation import propagation_logits, sample_references
+from ..engine.nets.tvos import TVOSHead
 from ..progress import Progress
-from . import common
-from .common import TrainingVideo
+from . import Trainer, common, register_trainer
+from .common import TrainingVideo, option
 
 
 @dataclass
 class TrainConfig(common.TrainConfig):
-    steps: int = 1500
-    dim: int = 32
-    hidden: int = 128
-    clips: int = 1
-    crops: int = 4
-    crop: int = 32
-    targets: int = 256
-    temperature: float = 0.1
+    steps: int = option(1500, "optimiser steps")
+    dim: int = option(32, "width of the embedding")
+    hidden: int = option(128, "width of the hidden layer")
+    clips: int = option(1, "target frames (each with 9 reference frames) per step")
+    crops: int = option(4, "crops of each target frame")
+    crop: int = option(32, "crop side in grid cells")
+    targets: int = option(256, "target cells of each crop whose cross-entropy counts")
+    temperature: float = option(0.1, "initial temperature of Eq. 6 (learned)")
 
 
 def sample_clip(video: TrainingVideo, n_crops: int, crop: int, rng: np.random.Generator
@@ -115,3 +116,8 @@ def run(data: Path, out: Path, config: TrainConfig, device: str, command: str, p
     """Train on `data` (our split of it), save the head to `out` with its training record."""
     return (yield from common.run(data, out, config, train, device, command, plot,
                                   "TVOS head, propagation cross-entropy (Eq. 8)"))
+
+
+register_trainer(Trainer("tvos", "the TVOS embedding head (propagation cross-entropy of Zhang et al. 2020, Eq. 8)",
+                         "Train the TVOS head on DAVIS-style sequence folders.", TrainConfig, run,
+                         "src/napari_vosembed/models/tvos_head.pt"))

@@ -6,7 +6,10 @@ import torch
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.io import as_video
 from napari_vosembed.errors import MethodError, PromptError
-from napari_vosembed.methods.pml import PML, PMLHead, PMLSession, cell_labels
+from napari_vosembed.engine.grid import cell_labels, grid_coords
+from napari_vosembed.engine.pml_index import PMLIndex
+from napari_vosembed.methods.pml import PML
+from napari_vosembed.engine.nets.pml import PMLHead
 from napari_vosembed.metrics import db_eval_iou
 from napari_vosembed.progress import drive
 from napari_vosembed.prompts import Prompts
@@ -32,7 +35,7 @@ def scene(n=6, size=(64, 96), squares=((RED, 10),), seed=0):
 
 
 def session(frames, **options):
-    return drive(PMLSession.open(frames, head=None, device="cpu", settings=TINY, **options), quiet=True)
+    return drive(PMLIndex.open(frames, head=None, device="cpu", settings=TINY, **options), quiet=True)
 
 
 def colour_session(frames, tmp_path, stride=4):
@@ -43,7 +46,7 @@ def colour_session(frames, tmp_path, stride=4):
     features = np.concatenate([cells, np.full((*cells.shape[:3], 1), 0.2, np.float32)], -1).astype(np.float16)
     settings = EmbeddingSettings(backbone="colour", scale=1.0, levels=(stride,), saliency_stride=0)
     emb = Embeddings(tmp_path, settings, (height, width), {stride: features}, None, np.ones(n, bool))
-    return PMLSession(as_video(frames), emb, None, torch.device("cpu"))
+    return PMLIndex(as_video(frames), emb, None, torch.device("cpu"))
 
 
 def test_a_click_flips_its_region_in_every_frame(tmp_path):
@@ -273,10 +276,9 @@ def test_with_prompts_starts_a_fresh_pool_on_shared_embeddings(tmp_path):
 
 @pytest.mark.parametrize("members", [1, 3])
 def test_the_head_applied_per_level_equals_the_head_on_the_combined_features(members):
-    from napari_vosembed.methods.pml import grid_coords
 
     frames, _ = scene(n=3)
-    s = drive(PMLSession.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
+    s = drive(PMLIndex.open(frames, head=None, device="cpu", settings=TINY), quiet=True)
     head = PMLHead(s.embeddings.channels, dim=8, hidden=16, members=members).eval()
     with torch.no_grad():
         whole = head(s.embeddings.frame_features(2).reshape(-1, s.embeddings.channels), grid_coords(2, 3, s.grid))
@@ -300,7 +302,7 @@ def random_head_session(frames, refine=False):
     s = session(frames)
     torch.manual_seed(0)
     head = PMLHead(s.embeddings.channels, dim=8, hidden=16).eval().requires_grad_(False)
-    return PMLSession(s.video, s.embeddings, head, torch.device("cpu"), refine=refine)
+    return PMLIndex(s.video, s.embeddings, head, torch.device("cpu"), refine=refine)
 
 
 def test_finetuning_on_the_mask_separates_what_the_head_confused():
@@ -342,6 +344,6 @@ def test_a_background_mask_beside_an_object_click_segments_without_finetuning(mo
     frames, masks = scene(n=3)
     s = random_head_session(frames)
     s.add_prompts(Prompts().add_point(0, 30, 20, 1).add_mask(2, np.zeros(masks[2].shape, np.int32)))
-    monkeypatch.setattr(PMLSession, "finetuned", lambda *a, **k: pytest.fail("nothing to fine-tune on"))
+    monkeypatch.setattr(PMLIndex, "finetuned", lambda *a, **k: pytest.fail("nothing to fine-tune on"))
     labels = drive(s.predict_all(online_adaptation=False), quiet=True)  # was a PromptError from fine-tuning
     assert labels.shape == masks.shape and labels[2].max() == 0

@@ -1,0 +1,108 @@
+"""The dock's work on sessions: runs over all frames or one way, and the live update after an edit.
+
+A run asks the session store for the method's session of the video (opened in a worker the first
+time) and runs `session.segment` in a worker. A live update labels the frame in view at once
+(`session.predict_frame`) and the rest of the video in a worker (`session.segment(live=True)`),
+cancelled by the next edit. Every job reports its progress through `status` and calls `on_state`
+when it starts and ends (the dock enables and disables its buttons then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import VosEmbedError
+from ..sessions import SessionStore
+from .workers import Job
+
+
+class Runner:
+    """Runs and live updates of one dock; `settings`: see `SessionStore`."""
+
+    def __init__(self, status: Callable[[str], None], on_state: Callable[[], None], settings=None):
+        self._status = status
+        self._on_state = on_state
+        self.store = SessionStore(self.start_job, settings)
+        self.run_job: Job | None = None
+        self.live_job: Job | None = None
+        #: an edit came while a run was under way: the dock updates once the run ends
+        self.live_pending = False
+        self.on_idle: Callable[[], None] | None = None
+
+    def start_job(self, work, desc: str, on_result, on_done=None, keep=None) -> Job:
+        """Start `work()` (a progress generator) in a worker, handing the job to `keep` first (so that a
+        cancel reaches it even while it runs synchronously); also how the store runs its work."""
+        def done(job):
+            if on_done is not None:
+                on_done(job)
+            if job.cancelled:
+                self._status(f"{desc}: cancelled")
+            self._on_state()
+            if self.live_pending and not self.busy and self.on_idle is not None:
+                self.on_idle()
+
+        job = Job(work, desc, on_progress=lambda p: self._status(f"{p.stage} {p.done}/{p.total}"),
+                  on_result=on_result, on_done=done)
+        if keep is not None:
+            keep(job)
+        self._status(desc)
+        job.start()
+        self._on_state()
+        return job
+
+    @property
+    def busy(self) -> bool:
+        """True while a session opens or a run is under way (live updates do not count)."""
+        return self.store.busy or (self.run_job is not None and self.run_job.running)
+
+    @property
+    def running(self) -> bool:
+        return self.busy or (self.live_job is not None and self.live_job.running)
+
+    def run(self, video_key, video, method, prompts, start: int | None, direction: int, desc: str,
+            write: Callable) -> None:
+        """`method` on every frame (`start` None) or one way from `start`; `write(labels)` at the end."""
+        if self.busy:
+            raise VosEmbedError("a job is running: wait for it or press Cancel")
+        if self.live_job is not None:
+            self.live_job.cancel()
+
+        def go(session):
+            self.start_job(lambda: session.segment(prompts, start, direction), desc, write,
+                           keep=lambda job: setattr(self, "run_job", job))
+
+        self.store.session(video_key, video, method, go)
+
+    def live(self, video_key, video, method, prompts, t: int, write: Callable, wanted: Callable[[], bool],
+             applied: Callable[[], None]) -> None:
+        """Frame t of `method` from `prompts` at once, then the others in a worker; `write(items)`
+        takes (frame, labels) pairs. `wanted()` tells whether the update is still wanted once the
+        session is ready; `applied()` is called once frame t is written."""
+        if self.live_job is not None:
+            self.live_job.cancel()
+
+        def apply(session):
+            if not wanted():
+                return
+            try:
+                write([(t, session.predict_frame(prompts, t))])
+            except VosEmbedError as err:
+                self._status(str(err))
+                return
+            applied()
+            self._status(f"frame {t} updated; the other frames follow")
+
+            def finished(labels):
+                write(enumerate(labels))
+                self._status(f"all {len(labels)} frames updated")
+
+            self.start_job(lambda: session.segment(prompts, live=True), "updating all frames", finished,
+                           keep=lambda job: setattr(self, "live_job", job))
+
+        self.store.session(video_key, video, method, apply)
+
+    def cancel(self) -> None:
+        self.store.cancel()
+        for job in (self.run_job, self.live_job):
+            if job is not None:
+                job.cancel()

@@ -1,0 +1,205 @@
+"""The method contract: a `Method` opens a `Session` on a video, and the session answers prompts.
+
+A method is a class registered with `@register_method`: a `name`, a readable `title`, what it can
+do (`needs_prompts`, `propagates`, `interactive`), and a `Params` dataclass of its user-facing
+parameters (the dock builds its form from them, the CLI takes them as `--param KEY=VALUE`).
+
+`Method.open_session(video)` is a progress generator that returns the method's `Session` of that
+video: what is costly (embeddings, fine-tuned weights, reference pools, guided-filter statistics)
+is computed there, once, and kept. The session then answers prompts as often as asked:
+
+- `session.segment(prompts, start=None, direction=0)`: a progress generator returning the
+  `(T, H, W)` labels of every frame; with `start` and `direction` (+1 / -1), of the frames from
+  `start` one way, the others 0 (methods that `propagate`).
+- `session.predict_frame(prompts, t)`: the labels of frame t at once (`interactive` methods), and
+  `session.segment(prompts, live=True)` the rest of the video after an edit, skipping what can
+  wait for a full run (fine-tuning, adaptation).
+
+A method that builds on another names it in `requires` and gets that method's session in
+`open_session(video, shared={name: session})`, opened there when not given (TVOS's global matcher
+is PML's session), so that a viewer opens each session once and shares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import MethodError
+from ..progress import Progress
+from ..prompts import Prompts
+from ..registry import Registry
+
+
+class Method:
+    """A segmentation method with its parameters; `open_session` starts work on a video."""
+
+    name: ClassVar[str]
+    #: What the dock and the CLI show: the method in a few words.
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: False for methods that need no user input at all.
+    needs_prompts: ClassVar[bool] = True
+    #: True when `Session.segment` can run one way from a frame (`start`, `direction`).
+    propagates: ClassVar[bool] = False
+    #: True when `Session.predict_frame` answers an edit at once.
+    interactive: ClassVar[bool] = False
+    #: Names of the methods whose sessions this one's session builds on.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: The parameters the session depends on (None: all); the others apply to each call.
+    session_params: ClassVar[tuple[str, ...] | None] = None
+    #: Rank among installed methods for "the best available method" (higher is better).
+    quality: ClassVar[int] = 0
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, device: str = "auto", **params: Any):
+        from ..engine.backbone import resolve_device
+
+        self.device = resolve_device(device)
+        names = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise MethodError(
+                f"method {self.name!r} has no parameter {', '.join(unknown)}; "
+                f"its parameters are: {', '.join(sorted(names)) or 'none'}"
+            )
+        self.params = self.Params(**params)
+
+    def session_key(self) -> tuple:
+        """What tells one of this method's sessions of a video from another: the method, the device
+        and the values of `session_params`."""
+        names = self.session_params
+        if names is None:
+            names = tuple(f.name for f in dataclasses.fields(self.Params))
+        return (self.name, str(self.device), tuple(repr(getattr(self.params, n)) for n in names))
+
+    def required(self) -> dict[str, Method]:
+        """The methods of `requires`, with the parameters this method's session needs of them
+        (default: their defaults)."""
+        return {name: get_method(name)(device=str(self.device)) for name in self.requires}
+
+    def open_session(self, video, shared: dict[str, Session] | None = None, settings=None
+                     ) -> Generator[Progress, None, Session]:
+        """This method's session of `video` (a `Video`, path or array); `shared` holds the open
+        sessions of the methods it `requires` (the missing ones are opened here); `settings`: the
+        `EmbeddingSettings` of networks used without a trained head (None: the default)."""
+        from ..io import as_video
+
+        video = as_video(video)
+        shared = dict(shared or {})
+        for name, method in self.required().items():
+            if name not in shared:
+                shared[name] = yield from method.open_session(video, shared, settings)
+        return (yield from self.create_session(video, shared, settings))
+
+    def create_session(self, video, shared: dict[str, Session], settings) -> Generator[Progress, None, Session]:
+        """The session itself, every required session in `shared`; subclasses implement it."""
+        raise NotImplementedError
+
+
+class Session:
+    """One method's state on one video; see the module docstring for the contract."""
+
+    def __init__(self, method: Method, video):
+        self.method = method
+        self.video = video
+
+    @property
+    def params(self):
+        return self.method.params
+
+    def use(self, method: Method) -> None:
+        """Answer with `method`'s parameters from now on (a method of the same `session_key`)."""
+        if method.session_key() != self.method.session_key():
+            raise MethodError(f"this session was opened for other parameters of {self.method.name!r}")
+        self.method = method
+
+    @property
+    def needs_preparing(self) -> bool:
+        """Whether `prepare` has work to do before the next answer (e.g. a graph the parameters ask for)."""
+        return False
+
+    def prepare(self) -> Generator[Progress, None, None]:
+        """Do what the current parameters need before answering (a viewer runs it in a worker)."""
+        return
+        yield
+
+    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
+                ) -> Generator[Progress, None, np.ndarray]:
+        """`(T, H, W)` labels from `prompts` (see the module docstring); yields progress."""
+        raise NotImplementedError
+
+    def predict_frame(self, prompts: Prompts, t: int) -> np.ndarray:
+        """`(H, W)` labels of frame t from `prompts`, at once (interactive methods)."""
+        raise MethodError(f"method {self.method.name!r} does not answer frame by frame; segment all frames instead")
+
+    def check(self, prompts: Prompts, start: int | None = None, direction: int = 0) -> None:
+        """Refuse prompts outside the video, and a one-way run of a method that does not propagate."""
+        if self.method.needs_prompts:
+            prompts.validate(len(self.video), *self.video.shape[1:3])
+        if start is not None:
+            if not self.method.propagates:
+                raise MethodError(f"method {self.method.name!r} does not propagate; segment all frames instead")
+            if direction not in (-1, 1):
+                raise MethodError(f"direction is +1 (forward) or -1 (backward), not {direction}")
+            if not 0 <= start < len(self.video):
+                raise MethodError(f"frame {start} is outside the video (frames 0 to {len(self.video) - 1})")
+
+
+#: The installed methods: every module of this package, and of other packages through the
+#: `napari_vosembed.methods` entry-point group.
+METHODS: Registry[type[Method]] = Registry(__package__, skip=("base",), entry_points="napari_vosembed.methods")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator that makes a method available by its `name`."""
+    return METHODS.register(cls.name, cls)
+
+
+def available_methods() -> dict[str, type[Method]]:
+    """The installed methods by name, best first."""
+    return dict(sorted(METHODS.all().items(), key=lambda item: -item[1].quality))
+
+
+def get_method(name: str) -> type[Method]:
+    installed = available_methods()
+    if not installed:
+        raise MethodError("no segmentation method is installed yet")
+    try:
+        return installed[name]
+    except KeyError:
+        raise MethodError(f"unknown method {name!r}; installed: {', '.join(installed)}") from None
+
+
+def best_method() -> str:
+    """Name of the best installed method; MethodError when there is none."""
+    installed = available_methods()
+    if not installed:
+        raise MethodError("no segmentation method is installed yet")
+    return next(iter(installed))
+
+
+def param(default, help: str, *, advanced: bool = False, choices: tuple | None = None, **widget):
+    """A field of a method's `Params`: its default, its help text, and how the dock shows it
+    (`advanced`: folded away; `choices`: a combo box; `widget`: options such as min, max, step)."""
+    metadata = {"help": help, "advanced": advanced, **({"choices": choices} if choices else {}),
+                **({"widget": widget} if widget else {})}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def head_param(what: str):
+    """The `head` parameter of a method with a trained embedding head that ships with the plugin."""
+    return param("default", f"{what}: 'default' (the trained head that ships with the plugin), 'none' (raw backbone "
+                 "features) or the path of a .pt head", choices=("default", "none"))
+
+
+def head_path(value: str) -> str | None:
+    """A `head` parameter as the networks load it: None for 'none' (the raw features)."""
+    return None if value in ("none", "") else value
