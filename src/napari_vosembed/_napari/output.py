@@ -19,6 +19,22 @@ class Output:
         self._on_new_layer = on_new_layer
         self.combo = ComboBox(label="output", choices=self._choices,
                               tooltip="Labels layer that receives the result; (new layer) makes one")
+        self._refreshing = False
+        # the prompt lists leave out the output layer, the output list the mask layer
+        self.combo.native.currentIndexChanged.connect(self._output_changed)
+        prompt_layers.masks.native.currentIndexChanged.connect(self._masks_changed)
+
+    def _output_changed(self, *_) -> None:
+        if not self._refreshing:
+            self._prompt_layers.reset_choices()
+            self._prompt_layers.changed()
+
+    def _masks_changed(self, *_) -> None:
+        self._refreshing = True
+        try:
+            self.combo.reset_choices()
+        finally:
+            self._refreshing = False
 
     def _choices(self, _widget=None) -> list:
         mask = self._prompt_layers.masks.value

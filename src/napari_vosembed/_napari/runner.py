@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..errors import VosEmbedError
+from ..errors import MethodError, VosEmbedError
 from ..sessions import SessionStore
 from .workers import Job
 
@@ -25,6 +25,7 @@ class Runner:
         self.store = SessionStore(self.start_job, settings)
         self.run_job: Job | None = None
         self.live_job: Job | None = None
+        self.encode_job: Job | None = None
         #: an edit came while a run was under way: the dock updates once the run ends
         self.live_pending = False
         self.on_idle: Callable[[], None] | None = None
@@ -76,21 +77,29 @@ class Runner:
     def live(self, video_key, video, method, prompts, t: int, write: Callable, wanted: Callable[[], bool],
              applied: Callable[[], None]) -> None:
         """Frame t of `method` from `prompts` at once, then the others in a worker; `write(items)`
-        takes (frame, labels) pairs. `wanted()` tells whether the update is still wanted once the
-        session is ready; `applied()` is called once frame t is written."""
-        if self.live_job is not None:
-            self.live_job.cancel()
+        takes (frame, labels) pairs. With the prompt model and clicks or boxes on frame t, frame t is
+        its masks, shown as soon as the frame is encoded (before the method's session opens);
+        otherwise an interactive session's `predict_frame`. `wanted()` tells whether the update is
+        still wanted once the session is ready; `applied()` is called once frame t is written."""
+        for job in (self.live_job, self.encode_job):
+            if job is not None:
+                job.cancel()
+        masks = self.store.prompt_masks(video_key, video, str(method.device))
+        quick = getattr(method.params, "prompt_model", "none") != "none" and t in masks.frames(prompts)
 
-        def apply(session):
+        def follow(session):
             if not wanted():
                 return
-            try:
-                write([(t, session.predict_frame(prompts, t))])
-            except VosEmbedError as err:
-                self._status(str(err))
-                return
-            applied()
-            self._status(f"frame {t} updated; the other frames follow")
+            if not quick:
+                try:
+                    write([(t, session.predict_frame(prompts, t))])
+                    self._status(f"frame {t} updated; the other frames follow")
+                except MethodError:
+                    pass  # no answer for this frame by itself: the whole video follows
+                except VosEmbedError as err:
+                    self._status(str(err))
+                    return
+                applied()
 
             def finished(labels):
                 write(enumerate(labels))
@@ -99,10 +108,37 @@ class Runner:
             self.start_job(lambda: session.segment(prompts, live=True), "updating all frames", finished,
                            keep=lambda job: setattr(self, "live_job", job))
 
-        self.store.session(video_key, video, method, apply)
+        def show(_=None):
+            if not wanted():
+                return
+            try:
+                write([(t, masks.frame_labels(prompts, t))])
+            except VosEmbedError as err:
+                self._status(str(err))
+                return
+            applied()
+            self._status(f"frame {t} updated; the other frames follow")
+            self.store.session(video_key, video, method, follow, prompts)
+
+        if quick:
+            self.start_job(lambda: masks.encode([t]), f"prompt model: encoding frame {t}", show,
+                           keep=lambda job: setattr(self, "live_job", job))
+        else:
+            self.store.session(video_key, video, method, follow, prompts)
+
+    def pre_encode(self, video_key, video, method, t: int) -> None:
+        """Encode frame t for the prompt model in the background, so that a first click there waits
+        for nothing but the decoder (a method reading clicks as they are: nothing to do)."""
+        if getattr(method.params, "prompt_model", "none") == "none" or self.running:
+            return
+        if self.encode_job is not None:
+            self.encode_job.cancel()
+        masks = self.store.prompt_masks(video_key, video, str(method.device))
+        self.start_job(lambda: masks.encode([t]), f"prompt model: encoding frame {t}", lambda _: None,
+                       keep=lambda job: setattr(self, "encode_job", job))
 
     def cancel(self) -> None:
         self.store.cancel()
-        for job in (self.run_job, self.live_job):
+        for job in (self.run_job, self.live_job, self.encode_job):
             if job is not None:
                 job.cancel()

@@ -1,12 +1,13 @@
 """The dock widget: segment objects through a video from clicks, boxes and painted masks.
 
 What a user does: choose the image layer and a method, make a clicks layer (New), click an
-object (Shift-click, or the "negative" toggle, for background). With an interactive method the
-Labels layer "<image> segmentation" follows every edit: the frame in view at once, the other
+object (Shift-click, or the "negative" toggle, for background). With a live method (an interactive
+one, or any method reading clicks through the prompt model) the Labels layer
+"<image> segmentation" follows every edit: the frame in view at once, the other
 frames in the background. "Segment all frames" runs the method on the whole video; methods that
 propagate also run forward / backward from the frame in view.
 
-The dock knows no method by name: what it offers comes from the method's class (`interactive`,
+The dock knows no method by name: what it offers comes from the method's class (`live`,
 `propagates`, `needs_prompts`, its `Params`), and every run goes through the method's session
 (`methods.base`), kept in a `SessionStore`. Long work runs in thread workers with napari
 progress bars and can be cancelled; errors become notifications.
@@ -26,13 +27,15 @@ from .form import ParamsForm
 from .output import Output
 from .prompt_layers import PromptLayers, layer_class
 from .runner import Runner
-from .workers import notify_error, sync_workers
+from .workers import guarded, notify_error, sync_workers
 
 #: Embedding settings of sessions opened without a trained head (None: the library default).
 #: Tests set the tiny backbone here.
 EMBEDDING_SETTINGS = None
 #: Edits closer together than this are handled as one (the live update after a burst of events).
 LIVE_DELAY_MS = 40
+#: The frame in view is encoded for the prompt model once the viewer rests on it this long.
+ENCODE_DELAY_MS = 150
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -51,10 +54,8 @@ class SegmentWidget(QWidget):
         self._live_signature = None
         self._refreshing = False
         self._image = None
-        self._live_timer = QTimer(self)
-        self._live_timer.setSingleShot(True)
-        self._live_timer.setInterval(LIVE_DELAY_MS)
-        self._live_timer.timeout.connect(self._live_update)
+        self._live_timer = _timer(self, LIVE_DELAY_MS, self._live_update)
+        self._encode_timer = _timer(self, ENCODE_DELAY_MS, guarded(self._pre_encode))
         self._build()
         self._connect_viewer()
         self.reset_choices()
@@ -69,7 +70,7 @@ class SegmentWidget(QWidget):
                                tooltip="auto: the GPU when PyTorch sees one, else the CPU")
         self.form = ParamsForm(self._on_settings_changed)
         self.prompt_layers = PromptLayers(self.viewer, lambda: self.output.value if hasattr(self, "output") else None,
-                                          self._schedule_live, self._guard, self._require_image)
+                                          self._schedule_live, guarded, self._require_image)
         p = self.prompt_layers
         self.points, self.boxes, self.masks, self.mask_kind = p.points, p.boxes, p.masks, p.mask_kind
         self.object_id, self.negative = p.object_id, p.negative
@@ -107,29 +108,18 @@ class SegmentWidget(QWidget):
         self.image.native.currentIndexChanged.connect(self._on_image_changed)
         self.method.changed.connect(self._on_method_changed)
         self.device.changed.connect(self._on_settings_changed)
-        self.output.native.currentIndexChanged.connect(self._on_output_changed)
-        self.masks.native.currentIndexChanged.connect(self._on_masks_changed)
+        for combo in (self.points, self.boxes):
+            combo.native.currentIndexChanged.connect(self._encode_soon)
         self.instant.changed.connect(self._on_settings_changed)
-        self.segment_button.changed.connect(self._guard(self.segment_all))
-        self.forward_button.changed.connect(self._guard(lambda: self.propagate(+1)))
-        self.backward_button.changed.connect(self._guard(lambda: self.propagate(-1)))
-        self.cancel_button.changed.connect(self._guard(self.cancel))
-
-    @staticmethod
-    def _guard(func):
-        """A button handler that turns every error into a notification."""
-
-        def handler(*_):
-            try:
-                func()
-            except Exception as err:  # noqa: BLE001
-                notify_error(err)
-
-        return handler
+        self.segment_button.changed.connect(guarded(self.segment_all))
+        self.forward_button.changed.connect(guarded(lambda: self.propagate(+1)))
+        self.backward_button.changed.connect(guarded(lambda: self.propagate(-1)))
+        self.cancel_button.changed.connect(guarded(self.cancel))
 
     def _connect_viewer(self) -> None:
         events = self.viewer.layers.events
-        self._connections = [(events.inserted, self._on_layer_inserted), (events.removed, self._on_layer_removed)]
+        self._connections = [(events.inserted, self._on_layer_inserted), (events.removed, self._on_layer_removed),
+                             (self.viewer.dims.events.current_step, self._encode_soon)]
         self._connections += [(layer.events.name, self.reset_choices) for layer in self.viewer.layers]
         for emitter, callback in self._connections:
             emitter.connect(callback)
@@ -167,21 +157,6 @@ class SegmentWidget(QWidget):
             self.image.value = self.image.choices[0]
         self._on_image_changed()  # the image layer may have gone
         self.prompt_layers.changed()  # a prompt layer may have gone
-
-    def _on_output_changed(self, *_) -> None:
-        """The prompt lists leave out the output layer."""
-        if not self._refreshing:
-            self.prompt_layers.reset_choices()
-            self.prompt_layers.changed()
-
-    def _on_masks_changed(self, *_) -> None:
-        """The output list leaves out the mask layer."""
-        if not self._refreshing:
-            self._refreshing = True
-            try:
-                self.output.reset_choices()
-            finally:
-                self._refreshing = False
 
     def _on_layer_inserted(self, event) -> None:
         if not self._alive():
@@ -224,7 +199,7 @@ class SegmentWidget(QWidget):
         for button in (self.forward_button, self.backward_button):
             button.enabled = propagates and not busy
             button.tooltip = "" if propagates else "this method segments all frames at once; it does not propagate"
-        self.instant.visible = cls is not None and cls.interactive
+        self.instant.visible = self._live_method()
         self.cancel_button.enabled = self.runner.running
         if cls is not None:
             self.method.tooltip = cls.description
@@ -302,9 +277,15 @@ class SegmentWidget(QWidget):
         self._run(L.frame_in_view(self.viewer, self._require_image()), direction)
 
     # -- live updates ------------------------------------------------------------------------------
+    def _live_method(self) -> bool:
+        """Whether the chosen method with these parameters answers an edit at once (`Method.live`)."""
+        try:
+            return self._method().live
+        except VosEmbedError:
+            return False
+
     def _live_enabled(self) -> bool:
-        cls = self.method_class()
-        return bool(self.instant.value) and cls is not None and cls.interactive and self.image.value is not None
+        return bool(self.instant.value) and self.image.value is not None and self._live_method()
 
     def _signature(self):
         return hash((id(self.image.value), self.method.value, self.device.value, repr(self.params()),
@@ -354,10 +335,22 @@ class SegmentWidget(QWidget):
         except Exception as err:  # noqa: BLE001
             notify_error(err)
 
+    def _encode_soon(self, *_) -> None:
+        self._encode_timer.start()
+
+    def _pre_encode(self) -> None:
+        """With a clicks or boxes layer chosen, the prompt model encodes the frame in view ahead of a click."""
+        image = self.image.value
+        if image is None or (self.points.value is None and self.boxes.value is None) or not self._alive():
+            return
+        self.runner.pre_encode(image.unique_id, L.image_video(image), self._method(),
+                               L.frame_in_view(self.viewer, image))
+
     # -- control -----------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop every running job; what was written stays, the rest is dropped."""
         self._live_timer.stop()
+        self._encode_timer.stop()
         self.runner.cancel()
         self._set_status("cancelled")
         self._update_state()
@@ -385,6 +378,15 @@ class SegmentWidget(QWidget):
         self.cancel()
         self.prompt_layers.unwatch_all()
         super().closeEvent(event)
+
+
+def _timer(parent, interval_ms: int, slot) -> QTimer:
+    """A single-shot timer: `start()` (again) calls `slot` once, `interval_ms` after the last start."""
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(slot)
+    return timer
 
 
 def _disconnecter(connections, prompt_layers):

@@ -47,6 +47,18 @@ def notify_error(err: BaseException | str) -> None:
     show_error(err if isinstance(err, str) else error_message(err))
 
 
+def guarded(func):
+    """A button handler that turns every error into a notification."""
+
+    def handler(*_):
+        try:
+            func()
+        except Exception as err:  # noqa: BLE001
+            notify_error(err)
+
+    return handler
+
+
 def _make_bar(desc: str, total: int, on_cancel: Callable[[], None]):
     from napari.utils import cancelable_progress
 

