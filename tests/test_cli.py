@@ -73,6 +73,27 @@ def test_segment_reports_bad_prompts(sample_seq, tmp_path, capsys, monkeypatch):
     assert "no segmentation method is installed" in capsys.readouterr().err
 
 
+def test_segment_refuses_a_full_out_before_any_work_and_names_the_flag(sample_seq, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.png").write_bytes(b"the user's file")
+    # the video does not exist: the --out check comes first, before anything is read or computed
+    assert main(["segment", str(tmp_path / "missing.mp4"), "--out", str(out), "--box", "0=1,2,30,40"]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--overwrite" in err and "overwrite=True" not in err
+    assert (out / "mine.png").read_bytes() == b"the user's file"
+    (tmp_path / "labels.tif").write_bytes(b"x")
+    assert main(["segment", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "labels.tif"), "--format", "tiff",
+                 "--box", "0=1,2,30,40"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_segment_without_prompts_names_the_options(sample_seq, tmp_path, capsys):
+    assert main(["segment", str(sample_seq / "frames"), "--method", "pml", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--mask" in err and "--points" in err and "--box" in err and "click" not in err
+
+
 def test_segment_rejects_a_missing_video(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.mp4" in capsys.readouterr().err

@@ -73,7 +73,8 @@ def test_napari_layer_converters():
     from napari_vosembed.prompts import prompts_from_labels_layer, prompts_from_points_layer, prompts_from_rectangles
 
     points = prompts_from_points_layer(np.array([[2, 10.5, 4.0], [0, 1, 1]]), [3, 0])
-    assert [(p.frame, p.y, p.x, p.label) for p in points.points] == [(2, 10.5, 4.0, 3), (0, 1.0, 1.0, 0)]
+    # each point on the pixel napari shows it on: 10.5 lies on the border of pixels 10 and 11 (numpy rounds to even)
+    assert [(p.frame, p.y, p.x, p.label) for p in points.points] == [(2, 10.0, 4.0, 3), (0, 1.0, 1.0, 0)]
     with pytest.raises(PromptError, match="3 coordinates"):
         prompts_from_points_layer(np.zeros((2, 2)), [1, 1])
 
@@ -87,3 +88,15 @@ def test_napari_layer_converters():
     volume[1, 0, 0] = 2
     assert list(prompts_from_labels_layer(volume).masks) == [1]
     assert list(prompts_from_labels_layer(volume, "scribble").scribbles) == [1]
+
+
+def test_points_go_to_the_pixel_napari_shows_them_on_and_prompts_off_the_video_are_dropped():
+    from napari_vosembed.prompts import prompts_from_points_layer
+
+    p = prompts_from_points_layer(np.array([[0.2, -0.09, 19.4], [1, 3.6, 2.5], [0, 12, 3]]), [1, 0, 1])
+    assert [(q.frame, q.y, q.x) for q in p.points] == [(0, 0, 19), (1, 4, 2), (0, 12, 3)]
+    p.add_box(0, -30, -30, -5, -5, 2).add_box(1, 2, 2, 30, 30, 2).add_point(4, 1, 1, 1)
+    dropped = p.drop_outside(3, 10, 20)
+    assert dropped == ["point (frame 0, y=12, x=3)", "point (frame 4, y=1, x=1)", "box (frame 0, y -30..-5, x -30..-5)"]
+    assert len(p.points) == 2 and [b.frame for b in p.boxes] == [1]
+    p.validate(3, 10, 20)  # what is left is valid

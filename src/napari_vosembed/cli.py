@@ -96,12 +96,29 @@ def write_labels(labels: np.ndarray, out: Path, frame_names, fmt: str, overwrite
         write_ctc(labels, out, overwrite=overwrite)
 
 
+def check_out(out: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse, before any work, an `--out` that holds results unless `--overwrite` is given."""
+    target = out / "labels.tif" if fmt == "tiff" and out.suffix.lower() not in (".tif", ".tiff") else out
+    if overwrite:
+        return
+    if fmt == "tiff" and target.exists():
+        raise VosEmbedError(f"--out {out}: {target} exists; choose another --out or add --overwrite")
+    if fmt != "tiff" and target.exists() and not target.is_dir():
+        raise VosEmbedError(f"--out {out}: exists and is not a folder; choose another --out")
+    if fmt != "tiff" and target.is_dir() and any(target.iterdir()):
+        raise VosEmbedError(f"--out {out}: the folder is not empty; choose another --out or add --overwrite")
+
+
 def cmd_segment(args) -> int:
     from .io import open_video
-    from .methods import iter_segment
+    from .methods import get_method, iter_segment
 
+    check_out(Path(args.out), args.format, args.overwrite)
     video = open_video(args.video)
     prompts = build_prompts(args)
+    if prompts.is_empty() and get_method(args.method).needs_prompts:
+        raise PromptError(f"no prompts: {args.method} needs --mask FRAME=FILE, --points FILE.csv or "
+                          "--box FRAME=x0,y0,x1,y1")
     params = _parse_params(args.param)
     if args.prompt_model is not None:
         params["prompt_model"] = args.prompt_model

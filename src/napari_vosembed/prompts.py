@@ -118,6 +118,26 @@ class Prompts:
             ids |= {int(v) for v in np.unique(image)} - {SCRIBBLE_BACKGROUND}
         return sorted(i for i in ids if i > 0)
 
+    def drop_outside(self, n_frames: int, height: int, width: int) -> list[str]:
+        """Remove the points off the video (a frame it does not have, a pixel off the frame) and the
+        boxes wholly off it; return what was removed, described. The dock ignores such prompts
+        (napari lets a click land beside the image) where `validate` refuses them."""
+        dropped = []
+        kept_points = []
+        for p in self.points:
+            if 0 <= p.frame < n_frames and 0 <= p.y < height and 0 <= p.x < width:
+                kept_points.append(p)
+            else:
+                dropped.append(f"point (frame {p.frame}, y={p.y:g}, x={p.x:g})")
+        kept_boxes = []
+        for b in self.boxes:
+            if 0 <= b.frame < n_frames and b.y1 > 0 and b.x1 > 0 and b.y0 < height and b.x0 < width:
+                kept_boxes.append(b)
+            else:
+                dropped.append(f"box (frame {b.frame}, y {b.y0:g}..{b.y1:g}, x {b.x0:g}..{b.x1:g})")
+        self.points, self.boxes = kept_points, kept_boxes
+        return dropped
+
     def validate(self, n_frames: int, height: int, width: int, *, require_object: bool = True) -> None:
         """Raise `PromptError` naming the first problem: no input, a frame that does not exist,
         a point or box outside the frame, a mask of the wrong shape, or no object at all."""
@@ -217,7 +237,8 @@ def _box_pixels(b: Box, height: int, width: int) -> list[tuple[np.ndarray, ...]]
 
 def prompts_from_points_layer(data: np.ndarray, labels) -> Prompts:
     """Prompts from a napari Points layer's data `(N, 3)` rows `(t, y, x)` and its `label` feature
-    (object id, 0 = background). Extra leading axes are not supported."""
+    (object id, 0 = background). Each point goes to the pixel napari shows it on (coordinates
+    rounded: pixel i spans i - 0.5 to i + 0.5). Extra leading axes are not supported."""
     data = np.asarray(data, dtype=float)
     labels = np.asarray(labels)
     if data.ndim != 2 or data.shape[1] != 3:
@@ -225,8 +246,8 @@ def prompts_from_points_layer(data: np.ndarray, labels) -> Prompts:
     if len(labels) != len(data):
         raise PromptError(f"{len(data)} points but {len(labels)} labels")
     prompts = Prompts()
-    for (t, y, x), label in zip(data, labels):
-        prompts.add_point(int(round(t)), y, x, int(label))
+    for (t, y, x), label in zip(np.round(data), labels):
+        prompts.add_point(int(t), y, x, int(label))
     return prompts
 
 

@@ -63,11 +63,12 @@ class Clip:
         frames = range(len(self.masks)) if frames is None else frames
         return float(np.mean([db_eval_iou(self.masks[t] == 1, labels[t] == 1) for t in frames]))
 
-    def errors(self) -> list[str]:
+    def errors(self, severity: str = "ERROR") -> list[str]:
+        """The notifications of `severity` (ERROR, WARNING, ...) since the clip opened."""
         from napari.utils.notifications import NotificationSeverity, notification_manager
 
         return [str(n.message) for n in notification_manager.records[self._start:]
-                if n.severity == NotificationSeverity.ERROR]
+                if n.severity == getattr(NotificationSeverity, severity)]
 
 
 @pytest.fixture

@@ -729,3 +729,24 @@ def test_one_click_gives_the_object_through_the_prompt_model_and_more_clicks_cos
     assert db_eval_iou(masks[FRAME] == 2, out[FRAME] == 2) > 0.8
     assert db_eval_iou(masks[FRAME] == 1, out[FRAME] == 1) > 0.8
     assert encoded == [FRAME]  # the frame was encoded once; the second click cost one decoding
+
+
+def test_a_click_on_the_edge_pixel_counts_and_a_point_off_the_image_is_ignored_once(clip, click):
+    viewer, w = clip.viewer, clip.widget
+    clicks_as_they_are(w)
+    points = w.add_points_layer()
+    click(viewer, points, FRAME, -0.09, -0.3, modifiers=["Shift"])  # napari shows this on pixel (0, 0)
+    points.add([[FRAME, -40, 50]])  # beside the image: napari lets a point land there
+    pos, neg = sample_points(clip.masks[FRAME], 8, 16)
+    click_all(click, viewer, points, pos, neg)
+    prompts = w.prompts()
+    assert [(p.y, p.x, p.label) for p in prompts.points][0] == (0, 0, 0)  # the edge click is pixel (0, 0)
+    assert len(prompts.points) == 1 + len(pos) + len(neg)  # only the point off the image is left out
+    assert clip.J(frames=[FRAME]) > 0.2 and clip.errors() == []  # the live updates went on
+    warned = clip.errors("WARNING")
+    assert len(warned) == 1 and "ignored 1 prompt off the image" in warned[0] and "y=-40" in warned[0]
+    before = np.array(w.output.value.data)
+    points.selected_data = {1}
+    points.remove_selected()
+    np.testing.assert_array_equal(w.output.value.data, before)  # it never counted
+    assert len(clip.errors("WARNING")) == 1 and clip.errors() == []

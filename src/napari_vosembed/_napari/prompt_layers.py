@@ -45,6 +45,7 @@ class PromptLayers:
         #: bumped by every paint stroke: painting changes no layer identity, the signature sees it
         self.mask_version = 0
         self.writing = False  # set while the dock writes its own results: those are no prompt edits
+        self._ignored: list[str] = []  # prompts off the image, told once
 
         self.points = ComboBox(label="clicks", choices=lambda w: self._choices("points"),
                                tooltip="Points layer: click = object, Shift-click = background")
@@ -230,7 +231,8 @@ class PromptLayers:
 
     # -- what the layers hold ----------------------------------------------------------------------
     def prompts(self, image) -> Prompts:
-        """Everything in the chosen prompt layers, in the image's data coordinates."""
+        """Everything in the chosen prompt layers, in the image's data coordinates; clicks and boxes
+        off the image are left out (a warning says so, once)."""
         points, boxes, masks = self.layers()
         parts = []
         if points is not None:
@@ -241,7 +243,15 @@ class PromptLayers:
             if masks is self._output():
                 raise PromptError("the mask layer is also the output layer: choose another output")
             parts.append(L.mask_prompts(masks, image, self.mask_kind.value))
-        return L.merge(*parts)
+        prompts = L.merge(*parts)
+        ignored = prompts.drop_outside(*L.video_shape(image))
+        if ignored and ignored != self._ignored:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"ignored {len(ignored)} prompt{'s' * (len(ignored) > 1)} off the image: "
+                         + "; ".join(ignored[:3]) + ("; ..." if len(ignored) > 3 else ""))
+        self._ignored = ignored
+        return prompts
 
     def signature(self) -> tuple:
         """What the prompts are made of now (equal signatures: the same prompts)."""
