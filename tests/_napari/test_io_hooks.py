@@ -54,6 +54,15 @@ def test_reader_declines_what_it_does_not_read(tmp_path):
     assert get_reader([str(tmp_path / "one.tif"), str(tmp_path / "czyx.tif")]) is None
 
 
+def test_a_text_file_named_tif_says_why_it_cannot_be_opened(make_napari_viewer, tmp_path):
+    path = tmp_path / "notes.tif"
+    path.write_text("these are notes, not an image")
+    viewer = make_napari_viewer()
+    with pytest.raises(Exception, match="not a readable TIFF file") as info:
+        viewer.open(str(path), plugin="napari-vosembed")
+    assert "refused" not in str(info.value) and len(viewer.layers) == 0
+
+
 def test_reader_accepts_frame_folders_sequences_stacks_and_videos(tmp_path):
     write_frames(tmp_path / "frames_only")
     davis = tmp_path / "DAVIS"

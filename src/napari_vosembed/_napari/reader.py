@@ -61,8 +61,21 @@ def _tiff_is_a_stack(path: Path) -> bool:
         return False
 
 
+def _is_a_tiff(path: Path) -> bool:
+    """Whether tifffile reads `path` as a TIFF at all (a layout we do not read is still one)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path):
+            return True
+    except Exception:  # noqa: BLE001 - tifffile raises several kinds for files that are no TIFF
+        return False
+
+
 def get_reader(path):
-    """Return a reader for `path` when it is something we read, else None (npe2 protocol)."""
+    """Return a reader for `path` when it is something we read, else None (npe2 protocol). A file
+    named .tif that is no TIFF gets the reader too, so that napari shows why it cannot be read
+    instead of "refused the file"; TIFF images of layouts we do not read are left to others."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
@@ -77,8 +90,8 @@ def get_reader(path):
     name = p.name.lower()
     if p.suffix.lower() in VIDEO_EXTENSIONS:
         return read
-    if name.endswith(TIFF_EXTENSIONS) and _tiff_is_a_stack(p):
-        return read
+    if name.endswith(TIFF_EXTENSIONS) and (_tiff_is_a_stack(p) or not _is_a_tiff(p)):
+        return read  # a stack, or a broken file whose reading error says what is wrong with it
     return None
 
 
