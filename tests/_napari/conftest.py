@@ -114,6 +114,12 @@ def _click(viewer, layer, t, y, x, modifiers=()):
 
 
 @pytest.fixture
+def sequence_folder(tmp_path):
+    """`sequence_folder(n, height, width)`: the sample clip written as a sequence folder; (path, masks)."""
+    return lambda n, height, width: write_sequence(tmp_path, n, height, width, name=f"clip{n}")
+
+
+@pytest.fixture
 def click():
     """`click(viewer, layer, t, y, x, modifiers=())`: a left click through napari's mouse callbacks."""
     return _click

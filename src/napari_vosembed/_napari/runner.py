@@ -38,6 +38,8 @@ class Runner:
                 on_done(job)
             if job.cancelled:
                 self._status(f"{desc}: cancelled")
+            elif not job.failed and not self.running:
+                self._status(f"{desc}: done in {job.seconds:.1f} s")
             self._on_state()
             if self.live_pending and not self.busy and self.on_idle is not None:
                 self.on_idle()
@@ -101,11 +103,8 @@ class Runner:
                     return
                 applied()
 
-            def finished(labels):
-                write(enumerate(labels))
-                self._status(f"all {len(labels)} frames updated")
-
-            self.start_job(lambda: session.segment(prompts, live=True), "updating all frames", finished,
+            self.start_job(lambda: session.segment(prompts, live=True), "updating all frames",
+                           lambda labels: write(enumerate(labels)),
                            keep=lambda job: setattr(self, "live_job", job))
 
         def show(_=None):

@@ -261,7 +261,6 @@ class SegmentWidget(QWidget):
 
         def write(labels):
             self.out.write(image, ((t, labels[t]) for t in frames))
-            self._set_status(f"{desc}: done")
 
         self.runner.run(image.unique_id, L.image_video(image), method, prompts, start, direction, desc, write)
 

@@ -106,6 +106,17 @@ class Job:
         self.finished = False
         self.result: Any = None
         self.last_progress: Progress | None = None
+        self._started: float | None = None
+        self._ended: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """How long the job ran (so far, while it runs)."""
+        import time
+
+        if self._started is None:
+            return 0.0
+        return (self._ended if self._ended is not None else time.monotonic()) - self._started
 
     # -- control -------------------------------------------------------------------------------
     @property
@@ -113,6 +124,9 @@ class Job:
         return self._gen is not None and not self.finished
 
     def start(self) -> Job:
+        import time
+
+        self._started = time.monotonic()
         self._gen = self._make()
         if sync_workers():
             self._run_sync()
@@ -168,9 +182,11 @@ class Job:
         if self.cancelled or not isinstance(step, Progress):
             return
         self.last_progress = step
+        if self._on_progress is not None:
+            self._on_progress(step)
         # napari's progress bar processes Qt events while it is made, which can deliver the next
-        # step here before this one is done: that step only counts (one bar per stage, never a bar
-        # inside a bar)
+        # steps here, and even the job's end, before this one is done: a nested step only counts
+        # (one bar per stage, never a bar inside a bar), and a bar made after the end is closed
         if self._show_progress and not self._drawing:
             self._drawing = True
             try:
@@ -178,11 +194,12 @@ class Job:
                     self._close_bar()
                     self._stage = step.stage
                     self._bar = _make_bar(f"{self.desc}: {step.stage}", step.total, self.cancel)
-                self._bar.update(max(0, step.done - self._bar.n))
+                if self.finished:
+                    self._close_bar()
+                else:
+                    self._bar.update(max(0, step.done - self._bar.n))
             finally:
                 self._drawing = False
-        if self._on_progress is not None:
-            self._on_progress(step)
 
     def _returned(self, value) -> None:
         if self.cancelled:
@@ -204,9 +221,12 @@ class Job:
             notify_error(err)
 
     def _finish(self) -> None:
+        import time
+
         if self.finished:
             return
         self.finished = True
+        self._ended = time.monotonic()
         self._close_bar()
         if self._gen is not None:
             try:
