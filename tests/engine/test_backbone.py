@@ -172,3 +172,31 @@ def test_get_backbone_names(tmp_path):
         bb.get_backbone(odd)
     with pytest.raises(ModelFileError, match="Cannot load the TorchScript"):
         bb.get_backbone(odd.rename(tmp_path / "net.pt"))
+
+
+class PaddedGray:
+    """A stand-in for the prompt model's encoder: channel c of the 64 x 64 embedding is the gray level
+    of the padded 1024 x 1024 encoder input (the real preprocessing), averaged over 16 x 16 pixels."""
+
+    def encode(self, rgb):
+        import cv2
+
+        from napari_vosembed.engine.prompt_model import encoder_input
+
+        gray = cv2.resize(encoder_input(rgb)[0].mean(0), (64, 64), interpolation=cv2.INTER_AREA)
+        return np.broadcast_to(gray[None], (256, 64, 64)).astype(np.float32)
+
+
+def test_the_prompt_encoder_backbone_keeps_the_frame_and_drops_the_padding(monkeypatch):
+    from napari_vosembed.engine import prompt_model
+
+    monkeypatch.setattr(prompt_model, "load_model", lambda device="cpu": PaddedGray())
+    backbone = bb.get_backbone("minisam", "cpu")
+    images = torch.zeros(1, 3, 96, 256)
+    images[:, :, :48] = 0.8  # bright top half, dark bottom half; the encoder pads the bottom with zeros
+    out = check_contract(backbone, images)
+    assert out.saliency is None and backbone.strides == [16]
+    feature = out.features[16][0, 0]
+    assert feature.shape == (6, 16)
+    dark = float(np.mean(-prompt_model.PIXEL_MEAN / prompt_model.PIXEL_STD))  # a black pixel; the padding is 0
+    assert feature[:2].min() > 0.5 and torch.allclose(feature[-2:], torch.full_like(feature[-2:], dark), atol=0.05)

