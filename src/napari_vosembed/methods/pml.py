@@ -124,8 +124,9 @@ class PMLSession(Session):
         prompts = yield from self.dense(prompts)
         p = self.params
         view = self.view(prompts)
+        self.confidence = np.full(len(self.video), np.nan, np.float32)
         options = {"adapt_per_frame": p.adapt_per_frame, "adapt_window": p.adapt_window,
-                   "stray_distance": p.stray_distance, "finetune_steps": 0}
+                   "stray_distance": p.stray_distance, "finetune_steps": 0, "confidence": self.confidence}
         if live:
             return (yield from view.predict_all(online_adaptation=False, **options))
         if p.finetune_steps and view.finetunable and not view.finetune_history:

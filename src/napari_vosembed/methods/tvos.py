@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.cache import EmbeddingSettings, Embeddings
+from ..engine.confidence import frame_confidence
 from ..engine.grid import cell_shares
 from ..engine.heads import embed_for_head
 from ..engine.pml_index import ADAPT_WINDOW, FINETUNE_STEPS, PMLIndex, check_finetune_steps, check_stray_distance, \
@@ -220,8 +221,10 @@ class TVOSPropagator:
                     self._tuned = (key, (yield from self._global.finetuned(self.finetune_steps)))
                 self._global = self._tuned[1].with_prompts(prompts)
         out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
+        self.confidence = np.full(len(self.video), np.nan, np.float32)
         for t, m in masks.items():
             out[t] = m
+            self.confidence[t] = 1.0
         return out
 
     def history_labels(self, t: int, scores: torch.Tensor) -> torch.Tensor:
@@ -249,6 +252,7 @@ class TVOSPropagator:
             if self.stray_distance:
                 scores = self._drop_strays(scores, self.labels[t - direction])
             self.labels[t] = self.history_labels(t, scores)
+            self.confidence[t] = frame_confidence(scores.cpu().numpy())
             if self.adapt_matcher and self._global is not None:
                 best = scores.max(1)
                 cells = torch.nonzero(best.values >= ADAPT_CONFIDENCE)[:, 0].cpu().numpy()
@@ -291,6 +295,7 @@ class TVOSPropagator:
         yield from self._pass(out, masks, start, direction, stop, progress)
         outside = np.arange(n)[(np.arange(n) - start) * direction < 0]
         out[outside] = 0
+        self.confidence[outside] = np.nan
         return out
 
 
@@ -384,5 +389,8 @@ class TVOSSession(Session):
         prompts = yield from self.dense(prompts)
         masks = yield from seed_masks(prompts, self.matcher)
         if start is None:
-            return (yield from self.propagator.run(masks))
-        return (yield from self.propagator.propagate(masks, start, direction))
+            labels = yield from self.propagator.run(masks)
+        else:
+            labels = yield from self.propagator.propagate(masks, start, direction)
+        self.confidence = self.propagator.confidence.copy()
+        return labels
