@@ -161,6 +161,11 @@ def main(argv=None) -> int:
     viewer.layers.selection.active = mask_layer
     _shot(viewer, args.out / "user-guide-tvos.png")
 
+    # 7. the confidence track after both runs: go to the least certain frame; the Tracks layer beside the output
+    worst = widget.confidence.go_to_least_certain()
+    print(f"least certain frame: {worst} ({widget.confidence.values[worst]:.2f})")
+    _shot(viewer, args.out / "user-guide-confidence.png")
+
     viewer.close()
     return 0
 

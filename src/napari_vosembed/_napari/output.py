@@ -1,8 +1,13 @@
 """The output of the dock: the Labels layer that receives the results, never a layer the user made
-unless chosen, written one undo step at a time."""
+unless chosen, written one undo step at a time; its objects named (the layer's `features`: napari
+shows the name of the object under the cursor); and the Tracks layer "<image> tracks" of the
+objects' centroids over time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 from magicgui.widgets import ComboBox
 
 from ..errors import VosEmbedError
@@ -17,6 +22,8 @@ class Output:
         self.viewer = viewer
         self._prompt_layers = prompt_layers
         self._on_new_layer = on_new_layer
+        #: object id -> its name (the object list's)
+        self.names: Callable[[int], str] = lambda obj: f"object {obj}"
         self.combo = ComboBox(label="output", choices=self._choices,
                               tooltip="Labels layer that receives the result; (new layer) makes one")
         self._refreshing = False
@@ -62,6 +69,44 @@ class Output:
         """Write `(t, labels)` pairs into the output layer, as one undo step."""
         self._prompt_layers.writing = True  # our own edits (a new layer, painting the output) are no prompt edits
         try:
-            L.write_frames(self.layer(image), items)
+            layer = self.layer(image)
+            L.write_frames(layer, items)
+            self.name_objects(layer)
         finally:
             self._prompt_layers.writing = False
+
+    def name_objects(self, layer) -> None:
+        """The names of the objects in `layer` as its features (one row per label, 0 the background)."""
+        import pandas as pd
+
+        top = int(np.max(layer.data)) if np.size(layer.data) else 0
+        names = ["background"] + [self.names(i) for i in range(1, top + 1)]
+        if "name" not in layer.features or list(layer.features["name"]) != names:
+            layer.features = pd.DataFrame({"index": np.arange(top + 1), "name": names})
+
+    def tracks(self, image, labels) -> None:
+        """Show the objects' centroids over time as the Tracks layer "<image> tracks" (made or
+        replaced; none while no object is labelled)."""
+        from napari.layers import Tracks
+
+        from ..io import object_tracks
+
+        data = object_tracks(np.asarray(labels))
+        name = f"{image.name} tracks"
+        existing = next((layer for layer in self.viewer.layers if isinstance(layer, Tracks)
+                         and layer.metadata.get(L.ROLE_KEY) == "tracks" and layer.name == name), None)
+        if not len(data):
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            return
+        features = {"name": [self.names(int(i)) for i in data[:, 0]]}
+        if existing is not None:
+            existing.data = data
+            existing.features = features
+            return
+        active = self.viewer.layers.selection.active
+        self.viewer.add_tracks(data, features=features, name=name, scale=image.scale[-3:],
+                               translate=image.translate[-3:], metadata={L.ROLE_KEY: "tracks"},
+                               tail_length=30, blending="translucent")
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active

@@ -12,15 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import MethodError, VosEmbedError
+from ..progress import Progress
 from ..sessions import SessionStore
+from .progress_panel import duration
 from .workers import Job
 
 
 class Runner:
     """Runs and live updates of one dock; `settings`: see `SessionStore`."""
 
-    def __init__(self, status: Callable[[str], None], on_state: Callable[[], None], settings=None):
+    def __init__(self, status: Callable[[str], None], on_state: Callable[[], None], settings=None,
+                 on_step: Callable[[str, Progress, float | None], None] | None = None):
         self._status = status
+        self._on_step = on_step
         self._on_state = on_state
         self.store = SessionStore(self.start_job, settings)
         self.run_job: Job | None = None
@@ -29,26 +33,40 @@ class Runner:
         #: an edit came while a run was under way: the dock updates once the run ends
         self.live_pending = False
         self.on_idle: Callable[[], None] | None = None
+        #: called with (session, labels) after each result for the whole video (a run or a live update)
+        self.on_video: Callable | None = None
+        self._latest: Job | None = None
 
-    def start_job(self, work, desc: str, on_result, on_done=None, keep=None) -> Job:
+    def start_job(self, work, desc: str, on_result, on_done=None, keep=None, quiet: bool = False) -> Job:
         """Start `work()` (a progress generator) in a worker, handing the job to `keep` first (so that a
-        cancel reaches it even while it runs synchronously); also how the store runs its work."""
+        cancel reaches it even while it runs synchronously); also how the store runs its work. A
+        `quiet` job (work ahead of the user) shows no progress and says nothing when it ends."""
         def done(job):
             if on_done is not None:
                 on_done(job)
-            if job.cancelled:
+            latest = self._latest
+            if job.cancelled and not quiet:
                 self._status(f"{desc}: cancelled")
-            elif not job.failed and not self.running:
-                self._status(f"{desc}: done in {job.seconds:.1f} s")
+            elif latest is not None and latest.finished and not (latest.cancelled or latest.failed or self.running):
+                self._status(f"{latest.desc}: done in {duration(latest.seconds)}")
             self._on_state()
             if self.live_pending and not self.busy and self.on_idle is not None:
                 self.on_idle()
 
-        job = Job(work, desc, on_progress=lambda p: self._status(f"{p.stage} {p.done}/{p.total}"),
-                  on_result=on_result, on_done=done)
+        def progress(step):
+            if quiet:
+                return
+            if self._on_step is not None:
+                self._on_step(desc, step, job.eta_s)
+            else:
+                self._status(f"{desc}: {step.stage} {step.done}/{step.total}")
+
+        job = Job(work, desc, on_progress=progress, on_result=on_result, on_done=done, show_progress=not quiet)
         if keep is not None:
             keep(job)
-        self._status(desc)
+        if not quiet:
+            self._latest = job  # the status line tells how the latest job ended (one it started may end first)
+            self._status(desc)
         job.start()
         self._on_state()
         return job
@@ -71,7 +89,7 @@ class Runner:
             self.live_job.cancel()
 
         def go(session):
-            self.start_job(lambda: session.segment(prompts, start, direction), desc, write,
+            self.start_job(lambda: session.segment(prompts, start, direction), desc, self._video(session, write),
                            keep=lambda job: setattr(self, "run_job", job))
 
         self.store.session(video_key, video, method, go)
@@ -104,7 +122,7 @@ class Runner:
                 applied()
 
             self.start_job(lambda: session.segment(prompts, live=True), "updating all frames",
-                           lambda labels: write(enumerate(labels)),
+                           self._video(session, lambda labels: write(enumerate(labels))),
                            keep=lambda job: setattr(self, "live_job", job))
 
         def show(_=None):
@@ -125,6 +143,33 @@ class Runner:
         else:
             self.store.session(video_key, video, method, follow, prompts)
 
+    def _video(self, session, write: Callable) -> Callable:
+        """`write`, then `on_video` with the session that made the labels."""
+        def written(labels):
+            write(labels)
+            if self.on_video is not None:
+                self.on_video(session, labels)
+
+        return written
+
+    def embed(self, video_key, video, method) -> None:
+        """Compute ahead of the first click what `method` needs: its session (the backbone's embedding
+        of every frame) and, with the prompt model, every frame's encoding."""
+        if self.busy:
+            raise VosEmbedError("a job is running: wait for it or press Cancel")
+        for job in (self.live_job, self.encode_job):
+            if job is not None:
+                job.cancel()
+
+        def encode(session):
+            if getattr(method.params, "prompt_model", "none") == "none":
+                return
+            self.start_job(lambda: session.prompt_masks.encode(range(len(video))),
+                           "computing embeddings", lambda _: None,
+                           keep=lambda job: setattr(self, "run_job", job))
+
+        self.store.session(video_key, video, method, encode)
+
     def pre_encode(self, video_key, video, method, t: int) -> None:
         """Encode frame t for the prompt model in the background, so that a first click there waits
         for nothing but the decoder (a method reading clicks as they are: nothing to do)."""
@@ -134,7 +179,7 @@ class Runner:
             self.encode_job.cancel()
         masks = self.store.prompt_masks(video_key, video, str(method.device))
         self.start_job(lambda: masks.encode([t]), f"prompt model: encoding frame {t}", lambda _: None,
-                       keep=lambda job: setattr(self, "encode_job", job))
+                       keep=lambda job: setattr(self, "encode_job", job), quiet=True)
 
     def cancel(self) -> None:
         self.store.cancel()

@@ -4,39 +4,43 @@ What a user does: choose the image layer and a method, make a clicks layer (New)
 object (Shift-click, or the "negative" toggle, for background). With a live method (an interactive
 one, or any method reading clicks through the prompt model) the Labels layer
 "<image> segmentation" follows every edit: the frame in view at once, the other
-frames in the background. "Segment all frames" runs the method on the whole video; methods that
-propagate also run forward / backward from the frame in view.
+frames in the background (`live.Live`). "Compute embeddings" does ahead of time what the first
+click would wait for. "Segment all frames" runs the method on the whole video; methods that
+propagate also run forward / backward from the frame in view. The object list names and deletes
+objects; the confidence track shows how sure the method was of each frame; a Tracks layer
+"<image> tracks" follows each object's centroid.
 
 The dock knows no method by name: what it offers comes from the method's class (`live`,
 `propagates`, `needs_prompts`, its `Params`), and every run goes through the method's session
-(`methods.base`), kept in a `SessionStore`. Long work runs in thread workers with napari
-progress bars and can be cancelled; errors become notifications.
+(`methods.base`), kept in a `SessionStore`. Long work runs in thread workers with a progress bar
+and the time left, and can be cancelled; errors become notifications.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QGroupBox, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QGroupBox, QVBoxLayout, QWidget
 
 from ..errors import VosEmbedError
 from ..methods import available_methods
 from . import layers as L
+from .confidence_track import ConfidenceTrack
 from .form import ParamsForm
+from .live import Live
+from .objects import ObjectList
 from .output import Output
+from .progress_panel import ProgressPanel
 from .prompt_layers import PromptLayers, layer_class
 from .runner import Runner
-from .workers import guarded, notify_error, sync_workers
+from .workers import guarded
 
 #: Embedding settings of sessions opened without a trained head (None: the library default).
 #: Tests set the tiny backbone here.
 EMBEDDING_SETTINGS = None
-#: Edits closer together than this are handled as one (the live update after a burst of events).
-LIVE_DELAY_MS = 40
-#: The frame in view is encoded for the prompt model once the viewer rests on it this long.
-ENCODE_DELAY_MS = 150
 DEVICES = ("auto", "cpu", "cuda")
+#: What a user of the clicks layer needs to know, shown under the prompt layers.
+CLICK_HINT = "click: object · Shift-click: background · N: new object · a row below: add to that object"
 
 
 class SegmentWidget(QWidget):
@@ -48,14 +52,15 @@ class SegmentWidget(QWidget):
         # layers would not be identical to themselves and proxies put into the layer selection
         # break it (napari#5767). We only use public API, on the real objects.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
-        self.runner = Runner(self._set_status, self._update_state, EMBEDDING_SETTINGS)
-        self.runner.on_idle = self._schedule_live
+        self.progress = ProgressPanel()
+        self.status = self.progress.status
+        self.runner = Runner(self._set_status, self._update_state, EMBEDDING_SETTINGS, on_step=self.progress.step)
         self.store = self.runner.store
-        self._live_signature = None
+        self.live = Live(self)
+        self.runner.on_idle = self.live.schedule
+        self.runner.on_video = self._video_done
         self._refreshing = False
         self._image = None
-        self._live_timer = _timer(self, LIVE_DELAY_MS, self._live_update)
-        self._encode_timer = _timer(self, ENCODE_DELAY_MS, guarded(self._pre_encode))
         self._build()
         self._connect_viewer()
         self.reset_choices()
@@ -68,27 +73,37 @@ class SegmentWidget(QWidget):
         self.method = ComboBox(label="method", choices=self._method_choices)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto",
                                tooltip="auto: the GPU when PyTorch sees one, else the CPU")
+        self.embed_button = PushButton(text="Compute embeddings",
+                                       tooltip="compute now, with a progress bar, what the first click would wait "
+                                               "for (cached on disk; `vosembed embed VIDEO` does it ahead of time)")
         self.form = ParamsForm(self._on_settings_changed)
         self.prompt_layers = PromptLayers(self.viewer, lambda: self.output.value if hasattr(self, "output") else None,
-                                          self._schedule_live, guarded, self._require_image)
+                                          self._on_prompts_edited, guarded, self._require_image)
         p = self.prompt_layers
         self.points, self.boxes, self.masks, self.mask_kind = p.points, p.boxes, p.masks, p.mask_kind
         self.object_id, self.negative = p.object_id, p.negative
         self.out = Output(self.viewer, p, self.reset_choices)
         self.output = self.out.combo
+        self.objects = ObjectList(p, lambda: self.output.value, self._names_changed, guarded)
+        self.out.names = self.objects.name
         self.instant = CheckBox(text="update as I click", value=True,
                                 tooltip="every edit of the prompts updates the output at once")
         self.segment_button = PushButton(text="Segment all frames")
         self.backward_button = PushButton(text="◀ Propagate backward")
         self.forward_button = PushButton(text="Propagate forward ▶")
         self.cancel_button = PushButton(text="Cancel")
-        self.status = Label(value="", label="")
+        self.hint = Label(value="")
+        self.confidence = ConfidenceTrack(self.go_to_frame)
+        for combo in (self.image, self.method, self.output, self.points, self.boxes, self.masks):
+            combo.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
 
-        top = Container(widgets=[self.image, self.method, self.device], labels=True)
+        top = Container(widgets=[self.image, self.method, self.device, self.embed_button], labels=True)
         self._prompt_box = QGroupBox("Prompts")
         box_layout = QVBoxLayout(self._prompt_box)
         box_layout.setContentsMargins(4, 4, 4, 4)
-        box_layout.addWidget(p.container.native)
+        click_hint = Label(value=CLICK_HINT)
+        for part in (p.container.native, click_hint.native, self.objects.native):
+            box_layout.addWidget(part)
         run = Container(widgets=[
             self.output, self.instant, self.segment_button,
             Container(widgets=[self.backward_button, self.forward_button], layout="horizontal"),
@@ -98,19 +113,20 @@ class SegmentWidget(QWidget):
             c.margins = (0, 0, 0, 0)
         layout = QVBoxLayout(self)
         for part in (top.native, self.form.basic.native, self.form.advanced_box, self._prompt_box, run.native,
-                     self.status.native):
+                     self.hint.native, self.progress.native, self.confidence.native):
             layout.addWidget(part)
         layout.addStretch(1)
-        self.status.native.setWordWrap(True)
-        self.status.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
+        for label in (click_hint, self.hint):
+            label.native.setWordWrap(True)
 
         # the Qt signal: magicgui does not report a change to a None choice ("(none)")
         self.image.native.currentIndexChanged.connect(self._on_image_changed)
         self.method.changed.connect(self._on_method_changed)
         self.device.changed.connect(self._on_settings_changed)
         for combo in (self.points, self.boxes):
-            combo.native.currentIndexChanged.connect(self._encode_soon)
+            combo.native.currentIndexChanged.connect(self.live.encode_soon)
         self.instant.changed.connect(self._on_settings_changed)
+        self.embed_button.changed.connect(guarded(self.compute_embeddings))
         self.segment_button.changed.connect(guarded(self.segment_all))
         self.forward_button.changed.connect(guarded(lambda: self.propagate(+1)))
         self.backward_button.changed.connect(guarded(lambda: self.propagate(-1)))
@@ -119,7 +135,7 @@ class SegmentWidget(QWidget):
     def _connect_viewer(self) -> None:
         events = self.viewer.layers.events
         self._connections = [(events.inserted, self._on_layer_inserted), (events.removed, self._on_layer_removed),
-                             (self.viewer.dims.events.current_step, self._encode_soon)]
+                             (self.viewer.dims.events.current_step, self._frame_changed)]
         self._connections += [(layer.events.name, self.reset_choices) for layer in self.viewer.layers]
         for emitter, callback in self._connections:
             emitter.connect(callback)
@@ -194,36 +210,85 @@ class SegmentWidget(QWidget):
         cls = self.method_class()
         busy = self.runner.busy
         self._prompt_box.setEnabled(cls is None or cls.needs_prompts)
-        self.segment_button.enabled = cls is not None and not busy
+        self.segment_button.enabled = self.embed_button.enabled = cls is not None and not busy
         propagates = cls is not None and cls.propagates
         for button in (self.forward_button, self.backward_button):
             button.enabled = propagates and not busy
-            button.tooltip = "" if propagates else "this method segments all frames at once; it does not propagate"
-        self.instant.visible = self._live_method()
+        live = self.live.method_is_live()
+        self.instant.enabled = live
+        why = []
+        if cls is not None and not propagates:
+            why.append(f"{cls.title or cls.name}: segments all frames at once, so it does not propagate")
+        if cls is not None and not live:
+            why.append("this method does not update as you click: add prompts, then Segment all frames")
+        self.hint.value = "; ".join(why)
+        self.hint.visible = bool(why)
         self.cancel_button.enabled = self.runner.running
+        if not self.runner.running:
+            self.progress.idle()
         if cls is not None:
             self.method.tooltip = cls.description
 
     def _set_status(self, text: str) -> None:
-        self.status.value = text
+        self.progress.message(text)
 
     def _on_image_changed(self, *_) -> None:
         if self._refreshing or not self._alive() or self.image.value is self._image:
             return
         self._image = self.image.value
         self.store.drop(keep=None if self._image is None else self._image.unique_id)
-        self._live_signature = None
-        self._schedule_live()
+        self.confidence.set_values(None)
+        self.live.signature = None
+        self.live.schedule()
 
     def _on_method_changed(self, *_) -> None:
         self.form.build(self.method_class())
         self._update_state()
-        self._live_signature = None
-        self._schedule_live()
+        self.live.signature = None
+        self.live.schedule()
 
     def _on_settings_changed(self, *_) -> None:
         self._update_state()
-        self._schedule_live()
+        self.live.schedule()
+
+    def _on_prompts_edited(self) -> None:
+        """After an edit of the prompts: the object list, then the live update."""
+        image = self.image.value
+        if image is not None and self._alive():
+            try:
+                self.objects.show(self.prompts(image))
+            except VosEmbedError:
+                pass  # the live update (or the next run) says what is wrong
+        self.live.schedule()
+
+    def _names_changed(self) -> None:
+        image = self.image.value
+        if image is not None and self.output.value is not None:
+            self.out.name_objects(self.output.value)
+            self.out.tracks(image, self.output.value.data)
+
+    def _frame_changed(self, *_) -> None:
+        self.live.encode_soon()
+        image = self.image.value
+        if image is not None:
+            self.confidence.set_current(L.frame_in_view(self.viewer, image))
+
+    def go_to_frame(self, t: int) -> None:
+        """Show frame t of the image in the viewer."""
+        image = self._require_image()
+        axis = self.viewer.dims.ndim - image.ndim
+        self.viewer.dims.set_point(axis, float(image.data_to_world([t] + [0] * (image.ndim - 1))[0]))
+
+    def _video_done(self, session, labels) -> None:
+        """A result for the whole video: its confidence per frame and the objects' tracks."""
+        image = self.image.value
+        values, before = session.confidence, self.confidence.values
+        if values is not None and before is not None and len(before) == len(values):
+            values = np.where(np.isnan(values), before, values)  # a one-way run keeps the other side's
+        self.confidence.set_values(values)
+        if image is not None:
+            self.confidence.set_current(L.frame_in_view(self.viewer, image))
+            self.out.tracks(image, labels)
 
     # -- prompt layers -----------------------------------------------------------------------------
     def _require_image(self):
@@ -264,6 +329,11 @@ class SegmentWidget(QWidget):
 
         self.runner.run(image.unique_id, L.image_video(image), method, prompts, start, direction, desc, write)
 
+    def compute_embeddings(self) -> None:
+        """Compute what the chosen method needs before the first click, with a progress bar."""
+        image = self._require_image()
+        self.runner.embed(image.unique_id, L.image_video(image), self._method())
+
     def segment_all(self) -> None:
         """Run the chosen method on every frame and write the result into the output layer."""
         self._run(None, 0)
@@ -275,88 +345,17 @@ class SegmentWidget(QWidget):
             raise VosEmbedError(f"method {self.method.value!r} does not propagate; use Segment all frames")
         self._run(L.frame_in_view(self.viewer, self._require_image()), direction)
 
-    # -- live updates ------------------------------------------------------------------------------
-    def _live_method(self) -> bool:
-        """Whether the chosen method with these parameters answers an edit at once (`Method.live`)."""
-        try:
-            return self._method().live
-        except VosEmbedError:
-            return False
-
-    def _live_enabled(self) -> bool:
-        return bool(self.instant.value) and self.image.value is not None and self._live_method()
-
-    def _signature(self):
-        return hash((id(self.image.value), self.method.value, self.device.value, repr(self.params()),
-                     self.prompt_layers.signature()))
-
-    def _schedule_live(self) -> None:
-        if self.prompt_layers.writing or not self._alive() or not self._live_enabled():
-            return
-        if sync_workers():
-            self._live_update()
-        else:
-            self._live_timer.start()
-
-    def _live_update(self) -> None:
-        """Follow the prompts: label the frame in view now and the other frames in a worker."""
-        if not self._live_enabled():
-            return
-        if self.runner.busy:
-            self.runner.live_pending = True
-            return
-        try:
-            image = self._require_image()
-            prompts = self.prompts(image)
-            signature = self._signature()
-            if signature == self._live_signature and not self.runner.live_pending:
-                return
-            self.runner.live_pending = False
-            if not prompts.object_ids:
-                # nothing to segment (e.g. the last positive click was deleted): clear the output
-                if self.runner.live_job is not None:
-                    self.runner.live_job.cancel()
-                self._live_signature = signature
-                if self.output.value is not None:
-                    n, height, width = L.video_shape(image)
-                    self.out.write(image, ((t, np.zeros((height, width), np.uint8)) for t in range(n)))
-                self._set_status("click an object (a positive click), draw a box or paint a mask")
-                return
-
-            def applied():
-                self._live_signature = signature
-
-            self.runner.live(image.unique_id, L.image_video(image), self._method(), prompts,
-                             L.frame_in_view(self.viewer, image), lambda items: self.out.write(image, items),
-                             lambda: self.image.value is image and self._live_enabled(), applied)
-        except VosEmbedError as err:
-            self._set_status(str(err))
-        except Exception as err:  # noqa: BLE001
-            notify_error(err)
-
-    def _encode_soon(self, *_) -> None:
-        self._encode_timer.start()
-
-    def _pre_encode(self) -> None:
-        """With a clicks or boxes layer chosen, the prompt model encodes the frame in view ahead of a click."""
-        image = self.image.value
-        if image is None or (self.points.value is None and self.boxes.value is None) or not self._alive():
-            return
-        self.runner.pre_encode(image.unique_id, L.image_video(image), self._method(),
-                               L.frame_in_view(self.viewer, image))
-
     # -- control -----------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop every running job; what was written stays, the rest is dropped."""
-        self._live_timer.stop()
-        self._encode_timer.stop()
+        self.live.stop()
         self.runner.cancel()
         self._set_status("cancelled")
         self._update_state()
 
     def running(self) -> bool:
         """True while a job (embedding, segmentation, the background update) is under way."""
-        return self.runner.running or self._live_timer.isActive() or self.prompt_layers.pending
+        return self.runner.running or self.live.waiting or self.prompt_layers.pending
 
     def wait(self, timeout_s: float = 600.0) -> bool:
         """Block until no job runs (for scripts and the napari console; the widget itself never
@@ -377,15 +376,6 @@ class SegmentWidget(QWidget):
         self.cancel()
         self.prompt_layers.unwatch_all()
         super().closeEvent(event)
-
-
-def _timer(parent, interval_ms: int, slot) -> QTimer:
-    """A single-shot timer: `start()` (again) calls `slot` once, `interval_ms` after the last start."""
-    timer = QTimer(parent)
-    timer.setSingleShot(True)
-    timer.setInterval(interval_ms)
-    timer.timeout.connect(slot)
-    return timer
 
 
 def _disconnecter(connections, prompt_layers):

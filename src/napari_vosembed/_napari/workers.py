@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -108,15 +109,23 @@ class Job:
         self.last_progress: Progress | None = None
         self._started: float | None = None
         self._ended: float | None = None
+        self._stage_since: tuple[float, int] | None = None  # (time, done) at the stage's first step
 
     @property
     def seconds(self) -> float:
         """How long the job ran (so far, while it runs)."""
-        import time
-
         if self._started is None:
             return 0.0
         return (self._ended if self._ended is not None else time.monotonic()) - self._started
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left in the current stage at the rate of its steps so far (None before two steps)."""
+        step = self.last_progress
+        if step is None or self._stage_since is None or step.done <= self._stage_since[1]:
+            return None
+        since, first = self._stage_since
+        return (time.monotonic() - since) / (step.done - first) * max(step.total - step.done, 0)
 
     # -- control -------------------------------------------------------------------------------
     @property
@@ -124,8 +133,6 @@ class Job:
         return self._gen is not None and not self.finished
 
     def start(self) -> Job:
-        import time
-
         self._started = time.monotonic()
         self._gen = self._make()
         if sync_workers():
@@ -181,6 +188,8 @@ class Job:
     def _yielded(self, step) -> None:
         if self.cancelled or not isinstance(step, Progress):
             return
+        if self.last_progress is None or step.stage != self.last_progress.stage or step.done < self.last_progress.done:
+            self._stage_since = (time.monotonic(), step.done)
         self.last_progress = step
         if self._on_progress is not None:
             self._on_progress(step)
@@ -221,8 +230,6 @@ class Job:
             notify_error(err)
 
     def _finish(self) -> None:
-        import time
-
         if self.finished:
             return
         self.finished = True
@@ -243,8 +250,6 @@ class Job:
 
     def wait(self, timeout_s: float = 60.0) -> bool:
         """Block, processing Qt events, until the job is done; True when it finished in time."""
-        import time
-
         from qtpy.QtCore import QCoreApplication
 
         deadline = time.monotonic() + timeout_s
