@@ -129,3 +129,16 @@ def test_the_dock_says_why_a_control_is_off(clip, monkeypatch):
     assert not w.instant.enabled and "does not update as you click" in w.hint.value
     assert w.forward_button.enabled and "does not propagate" not in w.hint.value
     assert not w.instant.native.isHidden()  # the option stays in view, greyed, with the reason beside it
+
+
+def test_layer_names_are_shown_whole_and_a_renamed_layer_stays_chosen(clip, click):
+    w = clip.widget
+    points = w.add_points_layer()
+    click(clip.viewer, points, FRAME, *inside(clip.masks[FRAME]))
+    for layer in (points, clip.image, w.output.value):
+        layer.name = f"{layer.name}, renamed after the first click"
+    assert (w.points.value, w.image.value) == (points, clip.image) and w.output.value.name.endswith("click")
+    combo = w.points.native
+    assert combo.currentText() == points.name
+    assert combo.sizeHint().width() > combo.fontMetrics().horizontalAdvance(points.name)
+    assert clip.errors() == []

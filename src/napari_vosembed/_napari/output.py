@@ -12,7 +12,7 @@ from magicgui.widgets import ComboBox
 
 from ..errors import VosEmbedError
 from . import layers as L
-from .prompt_layers import PromptLayers, layer_class
+from .prompt_layers import PromptLayers, layer_class, reset_keeping
 
 
 class Output:
@@ -39,7 +39,7 @@ class Output:
     def _masks_changed(self, *_) -> None:
         self._refreshing = True
         try:
-            self.combo.reset_choices()
+            reset_keeping(self.combo)
         finally:
             self._refreshing = False
 

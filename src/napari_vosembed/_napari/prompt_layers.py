@@ -23,6 +23,15 @@ from . import layers as L
 NEW_OBJECT_KEY = "n"
 
 
+def reset_keeping(combo) -> None:
+    """Refresh a layer combo box keeping its choice: magicgui drops an item whose name changed, and
+    the choice with it (a renamed layer would fall out of the dock)."""
+    kept = combo.value
+    combo.reset_choices()
+    if kept is not None and combo.value is not kept and any(c is kept for c in combo.choices):
+        combo.value = kept
+
+
 def layer_class(kind: str):
     import napari.layers
 
@@ -104,7 +113,7 @@ class PromptLayers:
         self._refreshing = True
         try:
             for combo in (self.points, self.boxes, self.masks):
-                combo.reset_choices()
+                reset_keeping(combo)
         finally:
             self._refreshing = False
 

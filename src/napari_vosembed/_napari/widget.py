@@ -31,7 +31,7 @@ from .live import Live
 from .objects import ObjectList
 from .output import Output
 from .progress_panel import ProgressPanel
-from .prompt_layers import PromptLayers, layer_class
+from .prompt_layers import PromptLayers, layer_class, reset_keeping
 from .runner import Runner
 from .workers import guarded
 
@@ -165,7 +165,7 @@ class SegmentWidget(QWidget):
         self._refreshing = True
         try:
             for combo in (self.image, self.method, self.output):
-                combo.reset_choices()
+                reset_keeping(combo)
             self.prompt_layers.reset_choices()
         finally:
             self._refreshing = False
