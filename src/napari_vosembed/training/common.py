@@ -57,6 +57,7 @@ class TrainingVideo:
     name: str
     embeddings: Embeddings
     labels: np.ndarray  # (T, h*w) int64, the majority ground-truth label of each cell
+    masks: np.ndarray | None = None  # (T, H, W) bool full-resolution masks, for trainers that need them
 
 
 def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, device: str = "auto",
