@@ -7,7 +7,7 @@ from napari_vosembed.engine.cache import EmbeddingSettings, embed_video
 from napari_vosembed.engine.deform import deform_mask
 from napari_vosembed.engine.nets.masktrack import DEFAULT_NET, MaskTrackNet
 from napari_vosembed.errors import PromptError
-from napari_vosembed.methods import available_methods, get_method
+from napari_vosembed.methods import available_methods, get_method, masktrack
 from napari_vosembed.progress import drive
 from napari_vosembed.prompts import Prompts
 from napari_vosembed.sample import sample_clip
@@ -37,7 +37,7 @@ def session(frames, network, **params):
 
 
 def loss(net, s, mask, seed=1):
-    rng, emb = np.random.default_rng(seed), s.embeddings
+    rng, emb = np.random.default_rng(seed), s.features["frames"]
     values = []
     with torch.no_grad():
         for _ in range(8):
@@ -64,11 +64,12 @@ def test_masktrack_is_registered_and_propagates_through_its_session(clip, tiny_n
 def test_fine_tuning_on_the_annotated_frame_lowers_the_loss_and_is_kept(clip, tiny_net):
     frames, masks = clip
     s = session(frames, tiny_net, finetune_steps=60, finetune_seconds=60.0)
-    before = loss(s.net, s, masks[0] > 0)
-    tuned = drive(s.finetuned({0: masks[0]}), quiet=True)
+    offline = s.nets["frames"]
+    before = loss(offline, s, masks[0] > 0)
+    tuned = drive(s.finetuned("frames", {0: masks[0]}), quiet=True)
     assert loss(tuned, s, masks[0] > 0) < before
-    assert drive(s.finetuned({0: masks[0]}), quiet=True) is tuned  # the same masks: no second tuning
-    assert s.net is not tuned and loss(s.net, s, masks[0] > 0) == before  # the offline network is untouched
+    assert drive(s.finetuned("frames", {0: masks[0]}), quiet=True) is tuned  # the same masks: no second tuning
+    assert offline is not tuned and loss(offline, s, masks[0] > 0) == before  # the offline network is untouched
 
 
 def test_cancel_during_fine_tuning_keeps_nothing_half_tuned(clip, tiny_net):
@@ -78,7 +79,40 @@ def test_cancel_during_fine_tuning_keeps_nothing_half_tuned(clip, tiny_net):
     stages = [next(gen).stage for _ in range(3)]
     assert stages == ["fine-tuning"] * 3
     gen.close()  # what a cancelled worker does
-    assert s._tuned is None
+    assert s._tuned == {}
+
+
+def test_a_box_becomes_the_first_mask_through_the_box_network_without_the_prompt_model(clip, tiny_net, monkeypatch):
+    monkeypatch.setattr(masktrack, "BOX_NET", tiny_net)  # an untrained network starts from its rough mask: the box
+    frames, masks = clip
+    s = session(frames, tiny_net, finetune_steps=3)
+    ys, xs = np.nonzero(masks[2])
+    box = (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+    first = drive(s.boxes_as_masks(Prompts().add_box(2, *box, label=3)), quiet=True)
+    assert not first.boxes and set(first.masks) == {2} and set(np.unique(first.masks[2])) == {0, 3}
+    inside = np.zeros(masks[2].shape, bool)
+    inside[box[0]:box[2], box[1]:box[3]] = True
+    assert not first.masks[2][~inside].any() and (first.masks[2][inside] == 3).mean() > 0.5
+    out = drive(s.segment(Prompts().add_box(2, *box, label=3)), quiet=True)
+    assert np.array_equal(out[2], first.masks[2]) and out[3].any()
+    clicked = Prompts().add_box(2, *box).add_point(2, ys.mean(), xs.mean(), 1)
+    assert drive(s.boxes_as_masks(clicked), quiet=True).boxes  # clicks on its frame: the prompt model's job
+
+
+def test_the_flow_branch_and_the_crf_run_beside_the_frame_branch(clip, tiny_net, monkeypatch):
+    monkeypatch.setattr(masktrack, "FLOW_NET", tiny_net)
+    frames, masks = clip
+    s = session(frames, tiny_net, finetune_steps=3, flow=True, crf=True)
+    stages = []
+    gen = s.segment(Prompts().add_mask(0, masks[0]))
+    try:
+        while True:
+            stages.append(next(gen).stage)
+    except StopIteration as stop:
+        out = stop.value
+    assert {"optical flow", "embedding", "fine-tuning", "refinement"} <= set(stages)
+    assert set(s._tuned) == {"frames", "flow"} and s.flow is not None and out.shape == masks.shape
+    assert out[1:].any()
 
 
 def isnet_cached() -> bool:

@@ -23,7 +23,7 @@ from ..methods import get_method
 from ..progress import drive
 from ..prompts import Prompts
 from . import Benchmark, register_benchmark
-from .prompts import check_argument, roots_from_args, scored
+from .prompts import averaged, check_argument, roots_from_args, scored
 
 #: Feature space -> (head, embedding settings); the prompt model's encoder at full size, stride 16.
 SPACES = {
@@ -73,9 +73,7 @@ def run(roots: dict[str, Path], names: dict[str, list[str]], device: str, out_di
                     key = f"{method}, {space}"
                     scores.setdefault(key, {})[name] = scored(drive(session.segment(prompts), quiet=True), seq, t0)
                     print(f"{root_name} {name} {key}: J&F {scores[key][name]['J&F']:.3f}", file=sys.stderr)
-        results[root_name] = {key: {"J": float(np.mean([s["J"] for s in per.values()])),
-                                    "J&F": float(np.mean([s["J&F"] for s in per.values()])), "per_sequence": per}
-                              for key, per in scores.items()}
+        results[root_name] = {key: averaged(per) for key, per in scores.items()}
     first = read_sequence(roots["held-out"] / names["held-out"][0]).video
     frames = np.stack([np.asarray(first[t]) for t in range(COST_FRAMES + 1)])
     costs = {space: cost_per_frame(frames, settings or EmbeddingSettings(), device)

@@ -122,6 +122,14 @@ def scored(labels: np.ndarray, seq, t0: int) -> dict:
     return {"J": result["J-Mean"], "J&F": result["J&F-Mean"]}
 
 
+def averaged(per_sequence: dict[str, dict], medians: tuple[str, ...] = ()) -> dict:
+    """Mean J and J&F over the sequences of `per_sequence` (name -> `scored` row), medians of the
+    `medians` columns, and the rows themselves."""
+    rows = per_sequence.values()
+    return {"J": float(np.mean([r["J"] for r in rows])), "J&F": float(np.mean([r["J&F"] for r in rows])),
+            **{key: float(np.median([r[key] for r in rows])) for key in medians}, "per_sequence": per_sequence}
+
+
 def hela(cells: Path, device: str) -> dict:
     """One click at the centre of each cell of frame 0, or its tight box -> masks by the prompt
     model -> TVOS."""

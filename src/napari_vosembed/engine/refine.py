@@ -135,6 +135,11 @@ def colour_guide(frame: np.ndarray, low: float, high: float) -> np.ndarray:
     return stretch(frame[..., :3], low, high)
 
 
+def frame_guide(frame: np.ndarray, intensity: tuple[float, float]) -> np.ndarray:
+    """The guide of a frame: `colour_guide` of an RGB frame, `gray_guide` of a gray one."""
+    return colour_guide(frame, *intensity) if frame.ndim == 3 else gray_guide(frame, *intensity)
+
+
 def upsample_scores(scores: np.ndarray, stride: float, size: tuple[int, int]) -> np.ndarray:
     """Bilinearly upsample `(h, w, K)` grid scores (cell centres at `(i + 0.5) * stride`) to `size`."""
     height, width = size
@@ -188,12 +193,12 @@ class FrameRefiner:
         if self.intensity is None:
             return refine_labels(scores, label_values, self.stride, size)
         frame = self.video[t]
+        guide = frame_guide(frame, self.intensity)
         if frame.ndim == 3:
-            guide = colour_guide(frame, *self.intensity)
             radius, eps = max(1, round(COLOUR_RADIUS_CELLS * self.stride)), COLOUR_EPS
             subsample = max(1, round(COLOUR_SUBSAMPLE_CELLS * self.stride))
         else:
-            guide, radius, eps, subsample = gray_guide(frame, *self.intensity), max(1, int(self.stride) // 2), GRAY_EPS, 1
+            radius, eps, subsample = max(1, int(self.stride) // 2), GRAY_EPS, 1
         prepared = self._filters.get(t)
         if prepared is None:
             prepared = GuidedFilter(guide, radius, eps, subsample)

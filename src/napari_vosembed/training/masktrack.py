@@ -3,7 +3,10 @@
 Every frame of our training split is a static image: its true mask, deformed (`engine.deform`:
 affine, thin-plate spline, dilation), is the rough mask the network gets with the frame's cached
 features, and the true mask's share of each grid cell is the target (binary cross-entropy). A new
-deformation is drawn for every sample, so every frame gives many rough masks.
+deformation is drawn for every sample, so every frame gives many rough masks. `--rough box` trains
+MaskTrack-Box's box-to-segment network (the rough mask is the filled bounding box of a deformed
+mask); `--input flow` the flow branch (the features are those of the frame's optical-flow magnitude
+image, `engine.flow`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.cache import embed_video
 from ..engine.deform import deform_mask
+from ..engine.flow import magnitude_video, video_flow
 from ..engine.grid import cell_shares
 from ..engine.heads import fit
 from ..engine.nets.masktrack import MaskTrackNet
-from ..io import read_sequence
+from ..errors import VosEmbedError
+from ..io import mirrored, read_sequence
 from ..progress import Progress
 from . import Trainer, common, register_trainer
 from .common import TrainingVideo, option
@@ -31,6 +37,10 @@ class TrainConfig(common.TrainConfig):
     steps: int = option(600, "optimiser steps")
     hidden: int = option(64, "channels of the decoder")
     batch: int = option(4, "frames (each with a fresh deformation of its mask) per step")
+    rough: str = option("deformed", "the rough masks: 'deformed' (MaskTrack) or 'box' (MaskTrack-Box: the filled "
+                                    "bounding box of a deformed mask)")
+    input: str = option("frames", "what the network reads: 'frames' or 'flow' (the optical-flow magnitude images: "
+                                  "the flow branch)")
 
 
 def shares(mask: np.ndarray, grid: tuple[int, int], stride: float) -> np.ndarray:
@@ -38,10 +48,21 @@ def shares(mask: np.ndarray, grid: tuple[int, int], stride: float) -> np.ndarray
     return cell_shares(mask.astype(np.uint8), np.array([0, 1]), grid, stride)[:, 1].reshape(grid)
 
 
-def deformed_pair(mask: np.ndarray, grid: tuple[int, int], stride: float, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(rough, target) cell shares of a deformed copy of `mask` and of `mask` itself."""
-    return shares(deform_mask(mask, rng), grid, stride), shares(mask > 0, grid, stride)
+def box_of(mask: np.ndarray) -> np.ndarray:
+    """The filled bounding box of a binary mask (empty for an empty mask)."""
+    box = np.zeros(mask.shape, bool)
+    ys, xs = np.nonzero(mask)
+    if len(ys):
+        box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    return box
+
+
+def deformed_pair(mask: np.ndarray, grid: tuple[int, int], stride: float, rng: np.random.Generator,
+                  rough: str = "deformed") -> tuple[np.ndarray, np.ndarray]:
+    """(rough, target) cell shares of a deformed copy of `mask` (its bounding box with `rough` 'box')
+    and of `mask` itself."""
+    deformed = deform_mask(mask, rng)
+    return shares(box_of(deformed) if rough == "box" else deformed, grid, stride), shares(mask > 0, grid, stride)
 
 
 def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progress, None, tuple[MaskTrackNet, list]]:
@@ -57,7 +78,7 @@ def train(videos: list[TrainingVideo], config: TrainConfig) -> Generator[Progres
         for i in rng.choice(len(frames), config.batch):
             v, t = frames[i]
             emb = videos[v].embeddings
-            r, g = deformed_pair(videos[v].masks[t], emb.grid_shape, emb.settings.stride, rng)
+            r, g = deformed_pair(videos[v].masks[t], emb.grid_shape, emb.settings.stride, rng, config.rough)
             projected.append(net.project_frame(emb, t))
             rough.append(torch.from_numpy(r))
             target.append(torch.from_numpy(g))
@@ -77,11 +98,33 @@ def with_masks(videos: list[TrainingVideo], data: Path) -> list[TrainingVideo]:
     return videos
 
 
+def with_flow(videos: list[TrainingVideo], data: Path, device: str) -> Generator[Progress, None, list[TrainingVideo]]:
+    """Each training video with the embeddings of its optical-flow magnitude images instead of its
+    frames' (same settings, hence the same grid)."""
+    for i, video in enumerate(videos):
+        name = video.name.removesuffix(" (mirrored)")
+        frames = read_sequence(data / name).video
+        flow = yield from video_flow(mirrored(frames) if video.name.endswith("(mirrored)") else frames)
+        video.embeddings = yield from embed_video(magnitude_video(flow), video.embeddings.settings, device=device)
+        yield Progress(i + 1, len(videos), "flow magnitude")
+    return videos
+
+
 def run(data: Path, out: Path, config: TrainConfig, device: str, command: str, plot: Path | None = None
         ) -> Generator[Progress, None, Path]:
     """Train on `data` (our split of it), save the network to `out` with its training record."""
-    return (yield from common.run(data, out, config, lambda videos, c: train(with_masks(videos, data), c), device,
-                                  command, plot, "MaskTrack network, cross-entropy of the refined mask"))
+    if config.rough not in ("deformed", "box") or config.input not in ("frames", "flow"):
+        raise VosEmbedError(f"--rough is 'deformed' or 'box' (not {config.rough!r}); --input is 'frames' or 'flow' "
+                            f"(not {config.input!r})")
+
+    def train_on(videos: list[TrainingVideo], c: TrainConfig):
+        videos = with_masks(videos, data)
+        if c.input == "flow":
+            videos = yield from with_flow(videos, data, device)
+        return (yield from train(videos, c))
+
+    return (yield from common.run(data, out, config, train_on, device, command, plot,
+                                  "MaskTrack network, cross-entropy of the refined mask"))
 
 
 register_trainer(Trainer("masktrack", "the MaskTrack network (rough mask -> refined mask, Perazzi et al. 2017)",

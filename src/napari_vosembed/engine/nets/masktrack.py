@@ -12,8 +12,10 @@ from torch import nn
 from ..cache import Embeddings
 from ..heads import Head
 
-#: The trained network that ships with the package (model card: docs/masktrack.md).
-DEFAULT_NET = Path(__file__).parents[2] / "models" / "masktrack.pt"
+_MODELS = Path(__file__).parents[2] / "models"
+#: The trained networks that ship with the package (model cards: docs/masktrack.md): the frame
+#: branch, the flow branch (flow magnitude images in) and the box-to-segment network (MaskTrack-Box).
+DEFAULT_NET, FLOW_NET, BOX_NET = (_MODELS / f"{name}.pt" for name in ("masktrack", "masktrack-flow", "masktrack-box"))
 
 
 class MaskTrackNet(Head):
