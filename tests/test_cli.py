@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from napari_vosembed import methods
 from napari_vosembed.cli import main
@@ -92,6 +93,22 @@ def test_segment_without_prompts_names_the_options(sample_seq, tmp_path, capsys)
     assert main(["segment", str(sample_seq / "frames"), "--method", "pml", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--mask" in err and "--points" in err and "--box" in err and "click" not in err
+
+
+def test_segment_with_the_unsupervised_method_needs_no_prompt(tmp_path, backbone):
+    from napari_vosembed.sample import moving_square
+
+    frames, masks = moving_square()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    out = tmp_path / "o"
+    assert main(["segment", str(folder), "--method", "unsupervised", "--out", str(out)]) == 0
+    labels = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+    assert len(labels) == len(masks)
+    j = np.mean([((m > 0) & (l > 0)).sum() / ((m > 0) | (l > 0)).sum() for m, l in zip(masks, labels)])
+    assert j > 0.7
 
 
 def test_segment_rejects_a_missing_video(tmp_path, capsys):

@@ -6,6 +6,9 @@ in view on frame 0 (the frame the demo annotates) and travels across 40 % of the
 a quarter, as objects in DAVIS clips do. Everything is derived from scikit-image's bundled images
 (BSD / public-domain, see their README), so the clip can ship with the plugin and the demo can
 score itself.
+
+`moving_square` is a second, simpler clip with a known answer: a fur-textured square moving over a
+static brick wall (what the unsupervised method must find with no input).
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ def sample_clip(n_frames: int = 24, height: int = 240, width: int = 320) -> tupl
         mask[ys[keep], xs[keep]] = True
         frame[ys[keep], xs[keep]] = tex[ys[keep] - top, xs[keep] - left]
         frames[t], masks[t] = frame, mask
+    return frames, masks
+
+
+def moving_square(n_frames: int = 10, height: int = 240, width: int = 320, side: int = 80, step: int = 10
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """`(frames, masks)`: a `chelsea`-fur square moving `step` pixels right per frame over a static
+    `brick` wall."""
+    from skimage import data
+
+    wall = cv2.resize(np.repeat(data.brick()[..., None], 3, 2), (width, height), interpolation=cv2.INTER_AREA)
+    fur = cv2.resize(data.chelsea()[40:240, 120:320], (side, side), interpolation=cv2.INTER_AREA)
+    frames = np.repeat(wall[None], n_frames, 0)
+    masks = np.zeros((n_frames, height, width), np.uint8)
+    top = (height - side) // 2
+    for t in range(n_frames):
+        left = side // 2 + step * t
+        frames[t, top:top + side, left:left + side] = fur
+        masks[t, top:top + side, left:left + side] = 1
     return frames, masks
 
 

@@ -12,6 +12,7 @@ from napari_vosembed.engine.refine import STRAY_DISTANCE
 from napari_vosembed.engine.pml_index import ADAPT_PER_FRAME, ADAPT_WINDOW, FINETUNE_STEPS, PMLIndex
 from napari_vosembed.methods.pml import PML
 from napari_vosembed.methods.tvos import GLOBAL_MATCHING
+from napari_vosembed.metrics import db_eval_iou
 
 FRAME = 6  # the frame the tests annotate (the horse is fully in view)
 CLIP = (12, 120, 160)  # the clip of conftest.py: frames, height, width
@@ -453,6 +454,26 @@ def test_masktrack_follows_a_box_from_the_shapes_layer_with_its_flow_branch(clip
     # measured 0.43 / 0.25 on this 120 x 160 clip (a 30 x 40 grid: the networks are made for 480p)
     assert j_frame > 0.3 and j_clip > 0.15
     assert clip.errors() == []
+
+
+def test_the_unsupervised_method_segments_all_frames_with_the_image_alone(make_napari_viewer):
+    """No prompt layer at all: the prompt controls are greyed, and Segment all frames finds the
+    square moving over a static wall."""
+    from napari_vosembed.sample import moving_square
+
+    frames, masks = moving_square()
+    viewer = make_napari_viewer()
+    viewer.add_image(frames, rgb=True, name="square")
+    _, w = viewer.window.add_plugin_dock_widget("napari-vosembed", "Video object segmentation")
+    w.method.value = "unsupervised"
+    assert not w._prompt_box.isEnabled()
+    w.segment_button.clicked.emit()
+    out = w.output.value
+    assert out is not None and out.data.shape == masks.shape
+    j = np.mean([db_eval_iou(masks[t] == 1, np.asarray(out.data[t]) == 1) for t in range(len(masks))])
+    print(f"unsupervised in the dock: J {j:.3f}")
+    assert j > 0.7
+    assert not [layer for layer in viewer.layers if layer._type_string in ("points", "shapes")]  # none was needed
 
 
 def test_tvos_runs_on_the_docks_sessions_and_keeps_its_own(clip, click, monkeypatch, built_graphs):

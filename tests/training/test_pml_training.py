@@ -6,7 +6,7 @@ import torch
 
 from napari_vosembed.engine.cache import EmbeddingSettings, Embeddings
 from napari_vosembed.errors import MethodError
-from napari_vosembed.engine.losses import contrastive, pml_triplet, triplet
+from napari_vosembed.engine.losses import contrastive, instance, pml_triplet, triplet
 from napari_vosembed.training.common import TrainingVideo, davis_split
 from napari_vosembed.training.pml import TrainConfig, train
 from napari_vosembed.progress import drive
@@ -22,6 +22,18 @@ def test_pml_triplet_uses_the_closest_positive_and_negative():
     # contrastive, margin 1: positives d = 2, 0; negatives d = 4 -> 0, 0.8 -> 0.2; mean over 4 pairs
     assert torch.isclose(contrastive(anchors, pool, torch.tensor([1]), labels, 1.0), torch.tensor(0.55))
     assert triplet(anchors, pool, torch.tensor([1]), labels, 0.1).item() >= 0
+
+
+def test_instance_loss_is_the_weighted_pair_cross_entropy_of_eq_2():
+    anchors = torch.tensor([[1.0, 0.0]])
+    pool = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])
+    labels = torch.tensor([1, 1, 0])
+    # d = 0, 0.8, 4: R = 1, 2 / (1 + e^0.8), 2 / (1 + e^4); label 1 has two pool pixels, each weighing half
+    r = 2 / (1 + torch.exp(torch.tensor([0.0, 0.8, 4.0])))
+    expected = (-0.5 * torch.log(r[0].clamp(max=1 - 1e-6)) - 0.5 * torch.log(r[1]) - torch.log1p(-r[2])) / 2
+    assert torch.isclose(instance(anchors, pool, torch.tensor([1]), labels), expected, atol=1e-5)
+    apart = instance(anchors, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.tensor([1]), torch.tensor([1, 0]))
+    assert apart < instance(anchors, torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), torch.tensor([1]), torch.tensor([1, 0]))
 
 
 def test_split_holds_out_every_fourth_sequence():

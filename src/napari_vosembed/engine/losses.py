@@ -1,7 +1,8 @@
 """Metric-learning losses on L2-normalised embeddings, with d(a, b) = ||a - b||^2 = 2 - 2 a.b.
 
 `pml_triplet` is the loss of PML (Chen et al. 2018, Eq. 1); `triplet` and `contrastive` are the
-baselines of its ablation (Sec. 4.2).
+baselines of its ablation (Sec. 4.2); `instance` is the pairwise loss of the instance embeddings
+the unsupervised method reads (Li et al. 2018, Eq. 1-2).
 """
 
 from __future__ import annotations
@@ -46,4 +47,20 @@ def contrastive(anchors, pool, anchor_labels, pool_labels, margin: float, genera
     return (same * d + (1 - same) * F.relu(margin - d)).mean()
 
 
-LOSSES = {"pml": pml_triplet, "triplet": triplet, "contrastive": contrastive}
+def instance(anchors, pool, anchor_labels, pool_labels, margin: float = 0.0, generator=None) -> torch.Tensor:
+    """Li et al. 2018, Eq. 1-2: the similarity R = 2 / (1 + exp(d)) of every anchor-pool pair, its
+    cross-entropy against "same object", each pair weighted by the inverse of the two objects'
+    sample counts so that every object weighs the same (`margin` unused)."""
+    r = (2 / (1 + torch.exp(_distances(anchors, pool)))).clamp(1e-6, 1 - 1e-6)
+    same = anchor_labels[:, None] == pool_labels[None, :]
+    weight = _inverse_counts(anchor_labels)[:, None] * _inverse_counts(pool_labels)[None, :]
+    loss = -torch.where(same, torch.log(r), torch.log1p(-r))
+    return (weight * loss).sum() / weight.sum()
+
+
+def _inverse_counts(labels: torch.Tensor) -> torch.Tensor:
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse].float()
+
+
+LOSSES = {"pml": pml_triplet, "triplet": triplet, "contrastive": contrastive, "instance": instance}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import MethodError, PromptError
+from .losses import pml_triplet
 from .nets.pml import DEFAULT_HEAD, PMLHead, finetune
 from ..progress import Progress, drive
 from ..prompts import Prompts
@@ -251,7 +252,7 @@ class PMLIndex:
             self.pool.remove(adapted.pop(0))
 
     def finetuned(self, steps: int = FINETUNE_STEPS, lr: float = FINETUNE_LR, anchors: int = 256, pool: int = 2048,
-                  margin: float = 0.3, seed: int = 0) -> Generator[Progress, None, PMLIndex]:
+                  margin: float = 0.3, seed: int = 0, loss=pml_triplet) -> Generator[Progress, None, PMLIndex]:
         """An index whose head is adapted to this video's masks (one-shot fine-tuning, beyond the
         paper, as OSVOS and MaskTrack fine-tune on the first frame: `nets.pml.finetune` on every
         cell of the annotated frames); then every frame is re-embedded and the prompts fill a fresh
@@ -267,7 +268,8 @@ class PMLIndex:
         all_cells = np.arange(self.grid[0] * self.grid[1])
         features = torch.cat([self.embeddings.cell_features(t, all_cells) for t in frames]).to(self.device)
         coords = torch.cat([grid_coords(t, len(self.video), self.grid) for t in frames]).to(self.device)
-        head, history = yield from finetune(self.head, features, coords, labels, steps, lr, anchors, pool, margin, seed)
+        head, history = yield from finetune(self.head, features, coords, labels, steps, lr, anchors, pool, margin, seed,
+                                            loss)
         tuned = copy.copy(self)
         tuned.head = head
         tuned._pixel_embeddings = tuned._embed_all()

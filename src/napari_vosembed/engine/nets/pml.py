@@ -78,13 +78,13 @@ def balanced_anchors(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 
 def finetune(head: PMLHead, features: torch.Tensor, coords: torch.Tensor, labels: np.ndarray, steps: int, lr: float,
-             anchors: int = 256, pool: int = 2048, margin: float = 0.3, seed: int = 0
+             anchors: int = 256, pool: int = 2048, margin: float = 0.3, seed: int = 0, loss=pml_triplet
              ) -> Generator[Progress, None, tuple[PMLHead, list]]:
     """A copy of `head` fitted to the cells of an annotated video (`features`, `coords` and their
-    ground-truth `labels`): `steps` of Adam on the loss of Eq. 1, the anchors (`balanced_anchors`)
-    from a random half of the cells, the positive and negative pool from the other half (Sec. 3.3
-    draws the pool from two other frames, which one mask lacks). Returns the tuned head (frozen)
-    and the loss history [(step, mean loss)]."""
+    ground-truth `labels`): `steps` of Adam on `loss` (default: Eq. 1; `engine.losses`), the anchors
+    (`balanced_anchors`) from a random half of the cells, the positive and negative pool from the
+    other half (Sec. 3.3 draws the pool from two other frames, which one mask lacks). Returns the
+    tuned head (frozen) and the loss history [(step, mean loss)]."""
     device = features.device
     targets = torch.from_numpy(labels.astype(np.int64)).to(device)
     tuned = copy.deepcopy(head).train().requires_grad_(True)
@@ -95,7 +95,7 @@ def finetune(head: PMLHead, features: torch.Tensor, coords: torch.Tensor, labels
         half, rest = order[: len(order) // 2], order[len(order) // 2:]
         a = torch.from_numpy(half[balanced_anchors(labels[half], anchors, rng)]).to(device)
         p = torch.from_numpy(rest[:pool]).to(device)
-        return pml_triplet(tuned(features[a], coords[a]), tuned(features[p], coords[p]), targets[a], targets[p], margin)
+        return loss(tuned(features[a], coords[a]), tuned(features[p], coords[p]), targets[a], targets[p], margin)
 
     history = yield from fit(torch.optim.Adam(tuned.parameters(), lr=lr), steps, step_loss)
     return tuned.eval().requires_grad_(False), history

@@ -1,0 +1,51 @@
+"""The unsupervised method (Li et al. 2018): no prompt, the moving object is found and segmented."""
+
+import numpy as np
+import pytest
+
+from napari_vosembed.engine.fetch import default_model_path
+from napari_vosembed.methods import available_methods, get_method
+from napari_vosembed.methods.unsupervised import FrameSeeds
+from napari_vosembed.metrics import db_eval_iou
+from napari_vosembed.progress import drive
+from napari_vosembed.prompts import Prompts
+from napari_vosembed.sample import moving_square
+
+pytestmark = pytest.mark.skipif(not default_model_path().exists(),
+                                reason="the ISNet backbone is not cached (run `vosembed fetch-models`)")
+
+
+@pytest.fixture(scope="module")
+def square():
+    return moving_square()
+
+
+def test_the_method_is_registered_and_needs_no_prompt():
+    assert "unsupervised" in available_methods()
+    assert get_method("unsupervised").needs_prompts is False
+
+
+@pytest.mark.parametrize("params", [{}, {"cues": "motion", "crf": False}, {"adapt_every": 5}])
+def test_a_textured_square_moving_over_a_static_wall_is_found_and_segmented(square, params):
+    frames, masks = square
+    session = drive(get_method("unsupervised")(device="cpu", seeds=30, **params).open_session(frames),
+                    quiet=True)
+    labels = drive(session.segment(Prompts()), quiet=True)
+    assert labels.shape == masks.shape and set(np.unique(labels)) <= {0, 1}
+    j = np.mean([db_eval_iou(masks[t] == 1, labels[t] == 1) for t in range(len(masks))])
+    assert j > 0.7, j
+    assert set(session.timings) == {"seeds", "tracks", "segmentation", "adaptation", "refinement"}
+    assert np.all((session.confidence >= 0) & (session.confidence <= 1))
+
+
+def test_the_track_follows_the_best_scored_similar_seeds(square):
+    frames, _ = square
+    session = drive(get_method("unsupervised")(device="cpu").open_session(frames[:3]), quiet=True)
+    grid = session.index.grid
+    emb = [session.index.frame_embeddings(t) for t in range(3)]
+    # seed 1 is the same cell on every frame (similar embeddings) and scores high on two frames of three
+    cells = np.array([0, grid[0] * grid[1] // 2, grid[0] * grid[1] - 1])
+    scores = [np.array([0.9, 0.8, 0.0]), np.array([0.0, 0.0, 0.9]), np.array([0.2, 0.9, 0.0])]
+    seeds = [FrameSeeds(cells, np.zeros(len(e), int), s, np.ones(3)) for e, s in zip(emb, scores)]
+    chain = session.track(seeds)
+    assert chain[0] in (0, 1) and chain[2] == 1 and len(chain) == 3
