@@ -466,7 +466,7 @@ def test_the_unsupervised_method_segments_all_frames_with_the_image_alone(make_n
     viewer.add_image(frames, rgb=True, name="square")
     _, w = viewer.window.add_plugin_dock_widget("napari-vosembed", "Video object segmentation")
     w.method.value = "unsupervised"
-    assert not w._prompt_box.isEnabled()
+    assert not w._prompt_box.isEnabled() and "needs no prompts" in w.hint.value
     w.segment_button.clicked.emit()
     out = w.output.value
     assert out is not None and out.data.shape == masks.shape

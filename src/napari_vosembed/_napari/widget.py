@@ -219,7 +219,9 @@ class SegmentWidget(QWidget):
         why = []
         if cls is not None and not propagates:
             why.append(f"{cls.title or cls.name}: segments all frames at once, so it does not propagate")
-        if cls is not None and not live:
+        if cls is not None and not cls.needs_prompts:
+            why.append("it needs no prompts: press Segment all frames")
+        elif cls is not None and not live:
             why.append("this method does not update as you click: add prompts, then Segment all frames")
         self.hint.value = "; ".join(why)
         self.hint.visible = bool(why)
