@@ -18,6 +18,8 @@ from .errors import PromptError
 
 #: Value that marks a background stroke in a scribble image (0 there means "not annotated").
 SCRIBBLE_BACKGROUND = 255
+#: The largest object id: label images are at most int32.
+MAX_LABEL = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ class Prompts:
 
     def validate(self, n_frames: int, height: int, width: int, *, require_object: bool = True) -> None:
         """Raise `PromptError` naming the first problem: no input, a frame that does not exist,
-        a point or box outside the frame, a mask of the wrong shape, or no object at all."""
+        a coordinate that is not a finite number, a point or box outside the frame, an object id
+        beyond `MAX_LABEL`, a mask of the wrong shape, or no object at all."""
         if self.is_empty():
             raise PromptError("no prompts: click an object, draw a box or paint a mask first")
 
@@ -148,9 +151,16 @@ class Prompts:
             if not 0 <= frame < n_frames:
                 raise PromptError(f"{what} is on frame {frame}, but the video has frames 0..{n_frames - 1}")
 
+        def check_numbers(what: str, label: int, *coordinates: float) -> None:
+            if not all(np.isfinite(coordinates)):
+                raise PromptError(f"{what} has a coordinate that is not a finite number")
+            if label > MAX_LABEL:
+                raise PromptError(f"{what} has object id {label}; ids go up to {MAX_LABEL}")
+
         for p in self.points:
             what = f"point (frame {p.frame}, y={p.y:g}, x={p.x:g}, label {p.label})"
             check_frame(p.frame, what)
+            check_numbers(what, p.label, p.y, p.x)
             if not (0 <= p.y < height and 0 <= p.x < width):
                 raise PromptError(f"{what} lies outside the {height}x{width} frame")
             if p.label < 0:
@@ -158,6 +168,7 @@ class Prompts:
         for b in self.boxes:
             what = f"box (frame {b.frame}, y {b.y0:g}..{b.y1:g}, x {b.x0:g}..{b.x1:g})"
             check_frame(b.frame, what)
+            check_numbers(what, b.label, b.y0, b.x0, b.y1, b.x1)
             if b.y1 <= 0 or b.x1 <= 0 or b.y0 >= height or b.x0 >= width:
                 raise PromptError(f"{what} lies outside the {height}x{width} frame")
             if b.y1 - b.y0 < 1 or b.x1 - b.x0 < 1:
@@ -176,6 +187,9 @@ class Prompts:
                     raise PromptError(f"the {kind} on frame {frame} must hold integer labels, not {image.dtype}")
                 if image.dtype.kind == "i" and image.min() < 0:
                     raise PromptError(f"the {kind} on frame {frame} has negative labels")
+                if image.size and image.max() > MAX_LABEL:
+                    raise PromptError(f"the {kind} on frame {frame} has object id {image.max()}; ids go up to "
+                                      f"{MAX_LABEL}")
         if require_object and not self.object_ids:
             raise PromptError("the prompts name no object: add a positive click, a box or a mask with a label > 0")
 
