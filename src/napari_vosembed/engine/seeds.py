@@ -1,4 +1,4 @@
-"""Seeds and regions on a frame's embedding graph (Li et al., ECCV 2018, Sec. 3.2 and 3.4).
+"""Seeds and regions on a frame's embedding graph (Li et al., CVPR 2018, Sec. 3.2 and 3.4).
 
 The graph joins each grid cell to its four neighbours, weighted by the Euclidean distance of their
 embeddings. Its edge map (Eq. 4) is, per cell, the largest weight to a neighbour; candidate points

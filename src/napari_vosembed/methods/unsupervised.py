@@ -1,4 +1,4 @@
-"""Unsupervised primary-object segmentation (Li et al., ECCV 2018, "Instance embedding transfer to
+"""Unsupervised primary-object segmentation (Li et al., CVPR 2018, "Instance embedding transfer to
 unsupervised video object segmentation"): no user input.
 
 Per frame: pixel embeddings (an instance-embedding head trained with the paper's pair loss, Eq.
