@@ -46,6 +46,6 @@ def test_the_track_follows_the_best_scored_similar_seeds(square):
     # seed 1 is the same cell on every frame (similar embeddings) and scores high on two frames of three
     cells = np.array([0, grid[0] * grid[1] // 2, grid[0] * grid[1] - 1])
     scores = [np.array([0.9, 0.8, 0.0]), np.array([0.0, 0.0, 0.9]), np.array([0.2, 0.9, 0.0])]
-    seeds = [FrameSeeds(cells, np.zeros(len(e), int), s, np.ones(3)) for e, s in zip(emb, scores)]
+    seeds = [FrameSeeds(cells, np.zeros(len(e), int), s, np.ones(3), np.zeros(0)) for e, s in zip(emb, scores)]
     chain = session.track(seeds)
     assert chain[0] in (0, 1) and chain[2] == 1 and len(chain) == 3

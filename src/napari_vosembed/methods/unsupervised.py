@@ -93,12 +93,14 @@ class Unsupervised(Method):
 
 @dataclass
 class FrameSeeds:
-    """One frame's seeds (flat grid cells), their regions, objectness and motion saliency."""
+    """One frame's seeds (flat grid cells), their regions, objectness and motion saliency, and the
+    weights of its embedding graph's edges."""
 
     cells: np.ndarray
     regions: np.ndarray
     objectness: np.ndarray
     motion: np.ndarray
+    weights: np.ndarray
 
 
 class UnsupervisedSession(Session):
@@ -133,7 +135,7 @@ class UnsupervisedSession(Session):
         # Eq. 7: distance to the nearest background motion; Eq. 8: over the frame's largest
         saliency = np.linalg.norm(mean_motion[:, None] - mean_motion[background][None], axis=2).min(1)
         saliency = saliency / max(float(saliency.max()), 1e-6)
-        return FrameSeeds(cells, regions, seed_objectness, saliency)
+        return FrameSeeds(cells, regions, seed_objectness, saliency, weights)
 
     def seed_scores(self, seeds: FrameSeeds) -> np.ndarray:
         """Eq. 10's score of each seed: objectness x motion saliency, or one of them (`cues`)."""
@@ -160,8 +162,8 @@ class UnsupervisedSession(Session):
             chain.append(int(pointers[chain[-1]]))
         return chain[::-1]
 
-    def seed_labels(self, t: int, seeds: FrameSeeds, leader: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frame t's foreground and background seeds (indices into `seeds.cells`) from the track's
+    def seed_labels(self, seeds: FrameSeeds, leader: int) -> tuple[np.ndarray, np.ndarray]:
+        """A frame's foreground and background seeds (indices into `seeds.cells`) from the track's
         seed `leader`. Background (Eq. 12): seeds of low objectness and low motion saliency (else
         the N_S / 5 least object-like). Initial foreground (Eq. 11): the cells whose minimax distance
         to the leader is below that to every background seed. Foreground seeds: the leader, those
@@ -172,9 +174,8 @@ class UnsupervisedSession(Session):
         background = rest[(seeds.objectness[rest] < O_BG) & (seeds.motion[rest] < M_BG)]
         if not len(background):
             background = rest[np.argsort(seeds.objectness[rest])[:max(1, n // 5)]]
-        weights = graph.edge_weights(self.index.frame_embeddings(t), a, b)
-        initial = (graph.minimax(weights, a, b, shape, seeds.cells[[leader]])
-                   < graph.minimax(weights, a, b, shape, seeds.cells[background])).ravel()
+        initial = (graph.minimax(seeds.weights, a, b, shape, seeds.cells[[leader]])
+                   < graph.minimax(seeds.weights, a, b, shape, seeds.cells[background])).ravel()
         covered = np.bincount(seeds.regions, initial, n) / np.bincount(seeds.regions, minlength=n).clip(1)
         score = self.seed_scores(seeds)
         foreground = np.union1d(np.flatnonzero((covered > ALPHA) | (score >= KIN * score[leader])), [leader])
@@ -220,7 +221,7 @@ class UnsupervisedSession(Session):
         labelled, index = [], self.index
         for t in range(n):
             clock = time.perf_counter()
-            labelled.append(self.seed_labels(t, frames[t], chain[t]))
+            labelled.append(self.seed_labels(frames[t], chain[t]))
             timings["segmentation"] += time.perf_counter() - clock
             yield Progress(t + 1, n, "foreground seeds")
         k = self.params.adapt_every
