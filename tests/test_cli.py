@@ -111,6 +111,27 @@ def test_segment_with_the_unsupervised_method_needs_no_prompt(tmp_path, backbone
     assert j > 0.7
 
 
+def test_segment_tracks_a_box_with_lse(tmp_path, backbone):
+    """The shipped LSE network on ISNet: the box of a moving square on frame 0 gives its mask on
+    every frame."""
+    from napari_vosembed.sample import moving_square
+
+    frames, masks = moving_square()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    ys, xs = np.nonzero(masks[0])
+    box = f"0={xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1},1"
+    out = tmp_path / "o"
+    assert main(["segment", str(folder), "--method", "lse", "--box", box, "--param", "adapt_steps=20", "--out",
+                 str(out)]) == 0
+    labels = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+    assert len(labels) == len(masks)
+    j = np.mean([((m > 0) & (l == 1)).sum() / ((m > 0) | (l == 1)).sum() for m, l in zip(masks, labels)])
+    assert j > 0.7
+
+
 def test_segment_rejects_a_missing_video(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.mp4" in capsys.readouterr().err

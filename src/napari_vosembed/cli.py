@@ -234,7 +234,7 @@ def cmd_train(args) -> int:
     from .training import available_trainers
 
     trainer = available_trainers()[args.trainer]
-    config = trainer.config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(trainer.config)})
+    config = trainer.config(**{f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(trainer.config)})
     command = "vosembed " + " ".join(args.argv)
     out = drive(trainer.run(Path(args.data), Path(args.out), config, args.device, command,
                             Path(args.plot) if args.plot else None), args.quiet)
@@ -243,12 +243,15 @@ def cmd_train(args) -> int:
 
 
 def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
-    """An option per field of the dataclass `config`: its type, default, metadata "help" and "choices"."""
+    """An option per field of the dataclass `config`: its type, default, metadata "help" and "choices"
+    (none for a field whose metadata says "hidden": the trainer does not use it)."""
     import dataclasses
     import typing
 
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
+        if f.metadata.get("hidden"):
+            continue
         kind = hints[f.name]
         optional = [a for a in typing.get_args(kind) if a is not type(None)]
         kind = optional[0] if optional else kind

@@ -69,6 +69,18 @@ def test_decoder_features(model_file):
     assert {s: f.shape[1] for s, f in out.features.items()} == {2: 64, 4: 64, 8: 128, 16: 256, 32: 512, 64: 512}
 
 
+def test_without_saliency_the_encoder_alone_runs_and_gives_the_same_features(model_file, backbone):
+    encoder_only = get_backbone("isnet", device="cpu", saliency=False)
+    images = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full, alone = backbone(images), encoder_only(images)
+    assert alone.saliency is None
+    for stride, features in full.features.items():
+        assert torch.equal(alone.features[stride], features)
+    with torch.inference_mode():
+        assert isnet.load_isnet_onnx(model_file)(isnet.normalize(images), encoder_only=True).decoder == []
+
+
 def test_saliency_on_real_image(backbone):
     """The astronaut (scikit-image) is salient; the wall beside her and the dark corner are not."""
     with torch.inference_mode():

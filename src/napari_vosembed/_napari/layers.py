@@ -1,5 +1,6 @@
 """napari layers <-> the library: videos from Image layers, prompts from prompt layers, the
-prompt layers the widget makes, and undo-able writes into Labels layers.
+prompt layers the widget makes, undo-able writes into Labels layers, and the Shapes layer of the
+boxes a method tracked.
 
 Colours follow the DAVIS palette (`napari_vosembed.io.davis_palette`): object 1 is dark red,
 2 green, 3 olive, ... in points, boxes, masks and the output alike, as in the PNGs we write.
@@ -303,6 +304,92 @@ def new_output_layer(viewer, image, dtype=np.uint8):
     return layer
 
 
+# -- tracked boxes ---------------------------------------------------------------------------------
+
+#: `ROLE_KEY` of the Shapes layer "<image> tracked boxes" the dock writes after a run.
+TRACKED_BOXES_ROLE = "tracked boxes"
+
+
+def box_rectangles(boxes) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Shapes data of tracked boxes. `boxes`: object label -> `(T, 4)` boxes (y0, x0, y1, x1 in the
+    frame's pixels, y1 / x1 exclusive; NaN rows where the object is absent), as `Session.boxes`.
+
+    Returns the rectangles, an `(N, 4, 3)` array: one per object and frame with a finite box, its
+    corners `(t, y0, x0), (t, y0, x1), (t, y1, x1), (t, y1, x0)` (clockwise from the top left; the
+    corners a box drawn in a prompt layer is read from), ordered by label, then frame; and their
+    features `label` and `frame`, `(N,)` int64 each."""
+    rects, labels, frames = [], [], []
+    for label in sorted(boxes):
+        b = np.asarray(boxes[label], dtype=float).reshape(-1, 4)
+        t = np.flatnonzero(np.isfinite(b).all(axis=1))
+        y0, x0, y1, x1 = b[t].T
+        tt = t.astype(float)
+        rects.append(np.stack([np.stack([tt, y0, x0], -1), np.stack([tt, y0, x1], -1),
+                               np.stack([tt, y1, x1], -1), np.stack([tt, y1, x0], -1)], axis=1))
+        labels.append(np.full(len(t), int(label), np.int64))
+        frames.append(t.astype(np.int64))
+    if not rects:
+        return np.zeros((0, 4, 3)), {"label": np.zeros(0, np.int64), "frame": np.zeros(0, np.int64)}
+    return np.concatenate(rects), {"label": np.concatenate(labels), "frame": np.concatenate(frames)}
+
+
+def object_colors(labels, colormap=None) -> np.ndarray:
+    """`(N, 4)` RGBA of object `labels`: from a Labels layer's `colormap` (the output's), else, and
+    where that gives nothing visible, the DAVIS palette (`label_color`)."""
+    labels = np.asarray(labels, np.int64)
+    colors = np.array([label_color(v) for v in labels], np.float64).reshape(-1, 4)
+    if colormap is not None and len(labels):
+        try:
+            mapped = np.asarray(colormap.map(labels), np.float64).reshape(-1, 4)
+        except (TypeError, ValueError, AttributeError, IndexError):
+            return colors
+        visible = mapped[:, 3] > 0
+        colors[visible] = mapped[visible]
+        colors[:, 3] = 1.0
+    return colors
+
+
+def new_tracked_boxes_layer(viewer, image, rectangles, features, colors):
+    """The Shapes layer "<image> tracked boxes": `rectangles` (`box_rectangles`) drawn in `colors`,
+    unfilled, on the frames they belong to; the layer that was active stays active."""
+    shape = video_shape(image)
+    active = viewer.layers.selection.active
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "label looks categorical": it is
+        layer = viewer.add_shapes(
+            list(rectangles),
+            ndim=3,
+            shape_type="rectangle",
+            name=f"{image.name} tracked boxes",
+            features=features,
+            edge_color=colors,
+            face_color="transparent",
+            edge_width=tracked_box_width(shape),
+            scale=image.scale[-3:],
+            translate=image.translate[-3:],
+            metadata={ROLE_KEY: TRACKED_BOXES_ROLE},
+        )
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
+    return layer
+
+
+def tracked_box_width(shape: tuple[int, int, int]) -> float:
+    """Edge width of tracked boxes on a video of `shape`: that of the boxes layer's rectangles."""
+    return _size(shape, 1 / 100, 2)
+
+
+def set_tracked_boxes(layer, image, rectangles, features, colors) -> None:
+    """Replace what a tracked boxes layer holds (one data assignment, then its features and colours)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        layer.data = (list(rectangles), ["rectangle"] * len(rectangles))
+        layer.features = features
+        layer.edge_color = colors
+        layer.face_color = "transparent"
+        layer.edge_width = tracked_box_width(video_shape(image))
+
+
 # -- writing results -------------------------------------------------------------------------------
 
 def write_labels(layer, labels: np.ndarray, frames=None) -> int:
@@ -345,7 +432,9 @@ __all__ = [
     "ROLE_KEY",
     "SCRIBBLE_BACKGROUND",
     "SOURCE_KEY",
+    "TRACKED_BOXES_ROLE",
     "box_prompts",
+    "box_rectangles",
     "frame_in_view",
     "image_video",
     "label_color",
@@ -356,7 +445,10 @@ __all__ = [
     "new_mask_layer",
     "new_output_layer",
     "new_points_layer",
+    "new_tracked_boxes_layer",
+    "object_colors",
     "points_prompts",
+    "set_tracked_boxes",
     "video_shape",
     "write_frames",
     "write_labels",

@@ -1,7 +1,8 @@
 """The output of the dock: the Labels layer that receives the results, never a layer the user made
 unless chosen, written one undo step at a time; its objects named (the layer's `features`: napari
-shows the name of the object under the cursor); and the Tracks layer "<image> tracks" of the
-objects' centroids over time."""
+shows the name of the object under the cursor); the Tracks layer "<image> tracks" of the
+objects' centroids over time; and, for methods that track boxes, the Shapes layer
+"<image> tracked boxes" of each object's box on each frame."""
 
 from __future__ import annotations
 
@@ -110,3 +111,36 @@ class Output:
                                tail_length=30, blending="translucent")
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
+
+    def boxes(self, image, boxes) -> None:
+        """Show tracked boxes (`Session.boxes`: object -> (T, 4) y0, x0, y1, x1, NaN where absent) as
+        the Shapes layer "<image> tracked boxes": one rectangle per object and frame, edged in the
+        object's colour in the output. Our layer of that name is replaced (removed when no box is
+        left; napari's " [1]" suffix to the name counts, a name of the user's not); a layer chosen as a
+        prompt layer is the user's now and never touched."""
+        import re
+
+        from napari.layers import Shapes
+
+        rectangles, features = L.box_rectangles(boxes)
+        name = f"{image.name} tracked boxes"
+        ours = re.compile(re.escape(name) + r"( \[\d+\])?")
+        prompts = [layer for layer in self._prompt_layers.layers() if layer is not None]
+        candidates = [layer for layer in self.viewer.layers if isinstance(layer, Shapes)
+                      and layer.metadata.get(L.ROLE_KEY) == L.TRACKED_BOXES_ROLE and ours.fullmatch(layer.name)
+                      and not any(layer is p for p in prompts)]
+        existing = min(candidates, key=lambda layer: layer.name != name, default=None)
+        if not len(rectangles):
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            return
+        output = self.combo.value
+        colors = L.object_colors(features["label"], None if output is None else output.colormap)
+        self._prompt_layers.writing = True  # our own layer: no prompt edit
+        try:
+            if existing is not None:
+                L.set_tracked_boxes(existing, image, rectangles, features, colors)
+            else:
+                L.new_tracked_boxes_layer(self.viewer, image, rectangles, features, colors)
+        finally:
+            self._prompt_layers.writing = False

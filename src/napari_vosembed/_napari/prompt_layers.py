@@ -32,6 +32,12 @@ def reset_keeping(combo) -> None:
         combo.value = kept
 
 
+def set_label_default(layer, label: int) -> None:
+    """New items of a clicks or boxes layer get object id `label`; the defaults of its other
+    features stay (napari wants a default for every feature)."""
+    layer.feature_defaults = {**{k: v.iloc[0] for k, v in layer.feature_defaults.items()}, "label": int(label)}
+
+
 def layer_class(kind: str):
     import napari.layers
 
@@ -167,9 +173,9 @@ class PromptLayers:
         obj = int(self.object_id.value)
         points, boxes, masks = self.layers()
         if points is not None and "label" in points.features:
-            points.feature_defaults = {"label": 0 if self.negative.value else obj}
+            set_label_default(points, 0 if self.negative.value else obj)
         if boxes is not None and "label" in boxes.features:
-            boxes.feature_defaults = {"label": obj}
+            set_label_default(boxes, obj)
             with boxes.block_update_properties():
                 boxes.current_edge_color = L.label_hex(obj)
         if masks is not None:
@@ -222,7 +228,7 @@ class PromptLayers:
             return
         label = 0 if self.negative.value or "Shift" in event.modifiers else int(self.object_id.value)
         if int(layer.feature_defaults["label"][0]) != label:
-            layer.feature_defaults = {"label": label}
+            set_label_default(layer, label)
 
     def _data_edited(self, event) -> None:
         action = str(getattr(event, "action", "") or "")

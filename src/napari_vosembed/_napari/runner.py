@@ -81,16 +81,17 @@ class Runner:
         return self.busy or (self.live_job is not None and self.live_job.running)
 
     def run(self, video_key, video, method, prompts, start: int | None, direction: int, desc: str,
-            write: Callable) -> None:
-        """`method` on every frame (`start` None) or one way from `start`; `write(labels)` at the end."""
+            write: Callable, then: Callable | None = None) -> None:
+        """`method` on every frame (`start` None) or one way from `start`; `write(labels)` at the end,
+        then `then(session)` (after `on_video`)."""
         if self.busy:
             raise VosEmbedError("a job is running: wait for it or press Cancel")
         if self.live_job is not None:
             self.live_job.cancel()
 
         def go(session):
-            self.start_job(lambda: session.segment(prompts, start, direction), desc, self._video(session, write),
-                           keep=lambda job: setattr(self, "run_job", job))
+            self.start_job(lambda: session.segment(prompts, start, direction), desc,
+                           self._video(session, write, then), keep=lambda job: setattr(self, "run_job", job))
 
         self.store.session(video_key, video, method, go)
 
@@ -143,12 +144,14 @@ class Runner:
         else:
             self.store.session(video_key, video, method, follow, prompts)
 
-    def _video(self, session, write: Callable) -> Callable:
-        """`write`, then `on_video` with the session that made the labels."""
+    def _video(self, session, write: Callable, then: Callable | None = None) -> Callable:
+        """`write`, then `on_video` with the session that made the labels, then `then(session)`."""
         def written(labels):
             write(labels)
             if self.on_video is not None:
                 self.on_video(session, labels)
+            if then is not None:
+                then(session)
 
         return written
 

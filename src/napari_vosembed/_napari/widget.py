@@ -8,7 +8,9 @@ frames in the background (`live.Live`). "Compute embeddings" does ahead of time 
 click would wait for. "Segment all frames" runs the method on the whole video; methods that
 propagate also run forward / backward from the frame in view. The object list names and deletes
 objects; the confidence track shows how sure the method was of each frame; a Tracks layer
-"<image> tracks" follows each object's centroid.
+"<image> tracks" follows each object's centroid. After Segment all frames with a method whose
+session tracks boxes (`session.boxes`), the Shapes layer "<image> tracked boxes" shows each
+object's box on each frame (an option of methods that track boxes; on by default).
 
 The dock knows no method by name: what it offers comes from the method's class (`live`,
 `propagates`, `needs_prompts`, its `Params`), and every run goes through the method's session
@@ -88,6 +90,10 @@ class SegmentWidget(QWidget):
         self.out.names = self.objects.name
         self.instant = CheckBox(text="update as I click", value=True,
                                 tooltip="every edit of the prompts updates the output at once")
+        self.write_boxes = CheckBox(text="write tracked boxes as a Shapes layer", value=True,
+                                    tooltip="after Segment all frames, the boxes the method tracked become the "
+                                            "Shapes layer \"<image> tracked boxes\" (one rectangle per object and "
+                                            "frame), replaced at each run")
         self.segment_button = PushButton(text="Segment all frames")
         self.backward_button = PushButton(text="◀ Propagate backward")
         self.forward_button = PushButton(text="Propagate forward ▶")
@@ -105,7 +111,7 @@ class SegmentWidget(QWidget):
         for part in (p.container.native, click_hint.native, self.objects.native):
             box_layout.addWidget(part)
         run = Container(widgets=[
-            self.output, self.instant, self.segment_button,
+            self.output, self.instant, self.write_boxes, self.segment_button,
             Container(widgets=[self.backward_button, self.forward_button], layout="horizontal"),
             self.cancel_button,
         ], labels=True)
@@ -216,6 +222,7 @@ class SegmentWidget(QWidget):
             button.enabled = propagates and not busy
         live = self.live.method_is_live()
         self.instant.enabled = live
+        self.write_boxes.visible = cls is not None and cls.tracks_boxes
         why = []
         if cls is not None and not propagates:
             why.append(f"{cls.title or cls.name}: segments all frames at once, so it does not propagate")
@@ -329,7 +336,15 @@ class SegmentWidget(QWidget):
         def write(labels):
             self.out.write(image, ((t, labels[t]) for t in frames))
 
-        self.runner.run(image.unique_id, L.image_video(image), method, prompts, start, direction, desc, write)
+        then = (lambda session: self._write_tracked_boxes(image, session)) if start is None else None
+        self.runner.run(image.unique_id, L.image_video(image), method, prompts, start, direction, desc, write, then)
+
+    def _write_tracked_boxes(self, image, session) -> None:
+        """After a run over all frames, the boxes the session tracked (if any) as the Shapes layer
+        "<image> tracked boxes", when the option is on."""
+        boxes = getattr(session, "boxes", None)
+        if boxes is not None and self.write_boxes.value:
+            self.out.boxes(image, boxes)
 
     def compute_embeddings(self) -> None:
         """Compute what the chosen method needs before the first click, with a progress bar."""

@@ -30,8 +30,9 @@ VARIANTS = {
 }
 
 
-def timed(session, prompts: Prompts) -> tuple[np.ndarray, float, float]:
-    """Labels, seconds before the first refined frame (fine-tuning) and seconds per refined frame."""
+def timed(session, prompts: Prompts, stage: str = "refinement") -> tuple[np.ndarray, float, float]:
+    """Labels, seconds before the first progress of `stage` (fine-tuning, adaptation) and seconds per
+    frame after it."""
     gen, started, first = session.segment(prompts), time.perf_counter(), None
     while True:
         try:
@@ -39,7 +40,7 @@ def timed(session, prompts: Prompts) -> tuple[np.ndarray, float, float]:
         except StopIteration as stop:
             labels = stop.value
             break
-        if first is None and step.stage == "refinement":
+        if first is None and step.stage == stage:
             first = time.perf_counter()
     total, first = time.perf_counter() - started, first or time.perf_counter()
     return labels, first - started, (total - (first - started)) / max(len(labels) - 1, 1)

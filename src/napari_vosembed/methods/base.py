@@ -16,6 +16,8 @@ is computed there, once, and kept. The session then answers prompts as often as 
   wait for a full run (fine-tuning, adaptation).
 - `session.confidence`: after `segment`, how sure the method was of each frame
   (`engine.confidence`), so that a user corrects the least certain frames first.
+- `session.boxes`: after `segment`, the box of each object on each frame, for methods that track
+  boxes (object -> (T, 4) array of y0, x0, y1, x1, NaN where the object is absent); None otherwise.
 
 Methods with a `prompt_model` parameter (`prompt_model_param`) read clicks and boxes through the
 promptable mask model (`engine.prompt_model`): the clicks and boxes of each frame become the
@@ -56,6 +58,8 @@ class Method:
     propagates: ClassVar[bool] = False
     #: True when `Session.predict_frame` answers an edit at once.
     interactive: ClassVar[bool] = False
+    #: True when the session tracks boxes (`Session.boxes` after `segment`).
+    tracks_boxes: ClassVar[bool] = False
     #: Names of the methods whose sessions this one's session builds on.
     requires: ClassVar[tuple[str, ...]] = ()
     #: The parameters the session depends on (None: all); the others apply to each call.
@@ -138,6 +142,8 @@ class Session:
         #: (T,) how sure the last `segment` was of each frame (`engine.confidence`; NaN: not segmented,
         #: None: the method does not say)
         self.confidence: np.ndarray | None = None
+        #: object -> (T, 4) tracked boxes (y0, x0, y1, x1; NaN: absent) after `segment`, where the method tracks boxes
+        self.boxes: dict[int, np.ndarray] | None = None
 
     @property
     def params(self):

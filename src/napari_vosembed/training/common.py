@@ -80,11 +80,16 @@ def load_videos(root: Path, names: list[str], settings: EmbeddingSettings, devic
 
 
 def run(data: Path, out: Path, config: TrainConfig, train: Callable, device: str, command: str, plot: Path | None,
-        title: str) -> Generator[Progress, None, Path]:
+        title: str, load: Callable | None = None) -> Generator[Progress, None, Path]:
     """Train with `train(videos, config)` (a generator returning the head and its loss history) on
-    our split of `data`; save the head to `out` and its training record beside it (.json)."""
+    our split of `data`; save the head to `out` and its training record beside it (.json). `load`:
+    `load(data, names, config, device)`, a generator returning the training videos (default: the
+    sequences' embeddings and gridded ground truth, `load_videos`)."""
     train_names, held_out = davis_split(list_sequences(data))
-    videos = yield from load_videos(data, train_names, config.settings, device, config.mirror)
+    if load is None:
+        videos = yield from load_videos(data, train_names, config.settings, device, config.mirror)
+    else:
+        videos = yield from load(data, train_names, config, device)
     start = time.perf_counter()
     head: Head
     head, history = yield from train(videos, config)
