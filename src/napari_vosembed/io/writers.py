@@ -1,7 +1,12 @@
-"""Writers of label volumes: indexed PNGs (DAVIS palette), multi-page TIFF, Cell Tracking Challenge."""
+"""Writers of label volumes: indexed PNGs (DAVIS palette), multi-page TIFF, Cell Tracking Challenge.
+
+Every file is written to a temporary name beside it and moved into place once complete, so a
+crash, a cancelled job or a full disk never leaves a half-written file or damages the file it was
+to replace."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,22 @@ def _labels(labels: Any) -> np.ndarray:
     return array
 
 
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """Write `path` through a temporary file beside it, moved into place once complete: a crash or
+    a full disk mid-write leaves the file as it was (or absent), never half-written. Yields the
+    temporary path; an OSError becomes a VosEmbedError naming the file."""
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as err:
+        raise VosEmbedError(f"{path}: could not be written ({err.strerror or err}); "
+                            f"{'the existing file is unchanged' if path.exists() else 'nothing was written'}") from err
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _check_folder(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise VosEmbedError(f"{out_dir}: exists and is not a folder")
@@ -80,7 +101,8 @@ def write_png_labels(
         image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
         image.putpalette(palette)
         path = out_dir / f"{name}.png"
-        image.save(path)
+        with _atomic(path) as partial:
+            image.save(partial, format="PNG")
         paths.append(path)
     return paths
 
@@ -93,7 +115,9 @@ def write_tiff_labels(labels: Any, path: str | os.PathLike, overwrite: bool = Fa
         raise VosEmbedError(f"{path}: the file exists; choose another name or pass overwrite=True")
     dtype = np.uint16 if not array.size or array.max() <= np.iinfo(np.uint16).max else np.uint32
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, array.astype(dtype), photometric="minisblack", compression="zlib", metadata={"axes": "TYX"})
+    with _atomic(path) as partial:
+        tifffile.imwrite(partial, array.astype(dtype), photometric="minisblack", compression="zlib",
+                         metadata={"axes": "TYX"})
     return path
 
 
@@ -151,7 +175,9 @@ def write_ctc(labels: Any, out_dir: str | os.PathLike, overwrite: bool = False) 
     _check_folder(out_dir, overwrite)
     digits = 3 if len(relabelled) <= 1000 else 4
     for t, frame in enumerate(relabelled):
-        tifffile.imwrite(out_dir / f"mask{t:0{digits}d}.tif", frame.astype(np.uint16))
+        with _atomic(out_dir / f"mask{t:0{digits}d}.tif") as partial:
+            tifffile.imwrite(partial, frame.astype(np.uint16))
     lines = "".join(f"{track} {begin} {end} {parent}\n" for track, begin, end, parent in tracks)
-    (out_dir / "res_track.txt").write_text(lines)
+    with _atomic(out_dir / "res_track.txt") as partial:  # last: a result without it is incomplete
+        partial.write_text(lines)
     return tracks
