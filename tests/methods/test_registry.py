@@ -88,3 +88,12 @@ def test_the_shipped_methods_declare_what_they_do():
     assert pml(device="cpu").session_key() == pml(device="cpu", k_mask=7).session_key()
     assert pml(device="cpu").session_key() != pml(device="cpu", head="none").session_key()
     assert tvos(device="cpu").session_key() != tvos(device="cpu", global_matching=0.5).session_key()
+
+
+def test_chains_cover_every_frame_from_its_closest_annotated_frame():
+    from napari_vosembed.methods.base import chains
+
+    runs = chains({2: None, 7: None}, 10)
+    assert runs == [(2, 1, [3, 4]), (2, -1, [1, 0]), (7, 1, [8, 9]), (7, -1, [6, 5])]
+    assert chains([2, 7], 10, start=7, direction=-1) == [(7, -1, [6, 5, 4, 3, 2, 1, 0])]
+    assert chains([2, 7], 10, start=4, direction=1) == []

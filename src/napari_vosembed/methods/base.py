@@ -213,6 +213,21 @@ class Session:
                 raise MethodError(f"frame {start} is outside the video (frames 0 to {len(self.video) - 1})")
 
 
+def chains(annotated, n: int, start: int | None = None, direction: int = 0) -> list[tuple[int, int, list[int]]]:
+    """How a method that carries its result from frame to frame covers an `n`-frame video from its
+    `annotated` frames: (annotated frame, direction, the frames it reaches in order), every frame
+    from the closest annotated frame, forwards and backwards (Perazzi et al. 2017, Sec. 5.4); or,
+    from `start`, the frames one way to the end (none when `start` is not annotated)."""
+    annotated = np.array(sorted(annotated))
+    if start is not None:
+        if start not in annotated:
+            return []
+        return [(start, direction, list(range(start + direction, n if direction > 0 else -1, direction)))]
+    nearest = annotated[np.abs(np.arange(n)[:, None] - annotated[None]).argmin(1)]
+    return [(int(a), d, [t for t in (range(a + 1, n) if d > 0 else range(a - 1, -1, -1)) if nearest[t] == a])
+            for a in annotated for d in (1, -1)]
+
+
 #: The installed methods: every module of this package, and of other packages through the
 #: `napari_vosembed.methods` entry-point group.
 METHODS: Registry[type[Method]] = Registry(__package__, skip=("base",), entry_points="napari_vosembed.methods")

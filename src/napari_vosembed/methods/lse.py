@@ -43,7 +43,7 @@ from ..errors import PromptError
 from ..io import normalize_frame
 from ..progress import Progress
 from ..prompts import Prompts, masks_digest
-from .base import Method, Session, param, prompt_model_param, register_method
+from .base import Method, Session, chains, param, prompt_model_param, register_method
 
 #: Sec. 5.2: pixels inside a box that the network gives at least this are foreground pseudo-labels.
 PSEUDO_LABEL = 0.6
@@ -272,19 +272,6 @@ class LSESession(Session):
         return net
 
     # -- tracking (Sec. 4.1) ------------------------------------------------------------------
-    def _runs(self, anchors: dict[int, Anchor], start: int | None, direction: int) -> list[tuple]:
-        """(anchor frame, direction, frames) of one object: every frame from its closest annotated
-        frame, or one way from `start`."""
-        n = len(self.video)
-        if start is not None:
-            if start not in anchors:
-                return []
-            return [(start, direction, list(range(start + direction, n if direction > 0 else -1, direction)))]
-        annotated = np.array(sorted(anchors))
-        nearest = annotated[np.abs(np.arange(n)[:, None] - annotated[None]).argmin(1)]
-        return [(a, d, [t for t in (range(a + 1, n) if d > 0 else range(a - 1, -1, -1)) if nearest[t] == a])
-                for a in annotated for d in (1, -1)]
-
     def _track(self, net: LSENet, anchors: dict[int, dict[int, Anchor]], start: int | None, direction: int,
                scanned: list[Sample] | None = None) -> Generator[Progress, None, dict]:
         """Every object through its runs: frame -> [(object, region, probabilities)], each object's
@@ -294,7 +281,8 @@ class LSESession(Session):
         stage = "tracking" if scanned is None else "pre-scan"
         shape = self.video.shape[1:3]
         patches: dict[int, list] = {}
-        runs = [(v, *run) for v, objects in anchors.items() for run in self._runs(objects, start, direction)]
+        n = len(self.video)
+        runs = [(v, *run) for v, objects in anchors.items() for run in chains(objects, n, start, direction)]
         starts: dict[tuple[int, int], tuple] = {}  # (object, annotated frame) -> the box its runs start from
         total, done = sum(len(r[3]) for r in runs) + len({r[:2] for r in runs}), 0
         for v, a, d, frames in runs:

@@ -36,7 +36,7 @@ from ..errors import PromptError
 from ..progress import Progress
 from ..prompts import Prompts, masks_digest
 from ..training.masktrack import shares
-from .base import Method, Session, param, prompt_model_param, register_method
+from .base import Method, Session, chains, param, prompt_model_param, register_method
 
 FINETUNE_STEPS = 100
 FINETUNE_SECONDS = 30.0
@@ -247,13 +247,7 @@ class MaskTrackSession(Session):
         values = np.union1d(np.concatenate([np.unique(m) for m in masks.values()]), [0])
         out = np.zeros((n, *self.video.shape[1:3]), np.uint8 if values.max() < 256 else np.int32)
         self.confidence = np.full(n, np.nan, np.float32)
-        annotated = np.array(sorted(masks))
-        if start is None:
-            nearest = annotated[np.abs(np.arange(n)[:, None] - annotated[None]).argmin(1)]
-            runs = [(a, d, [t for t in (range(a + 1, n) if d > 0 else range(a - 1, -1, -1)) if nearest[t] == a])
-                    for a in annotated for d in (1, -1)]
-        else:
-            runs = [(start, direction, list(range(start + direction, n if direction > 0 else -1, direction)))]
+        runs = chains(masks, n, start, direction)
         total, done = sum(len(r[2]) for r in runs), 0
         for a, d, frames in runs:
             out[a], self.confidence[a] = masks[a], 1.0
