@@ -82,6 +82,16 @@ def test_resolve_device(monkeypatch):
         bb.resolve_device("meta")
 
 
+def test_resolve_precision(monkeypatch):
+    monkeypatch.delenv("VOSEMBED_PRECISION", raising=False)
+    assert bb.resolve_precision(None) == "fp32" and bb.resolve_precision("bf16") == "bf16"
+    monkeypatch.setenv("VOSEMBED_PRECISION", "bf16")
+    assert bb.resolve_precision(None) == "bf16" and bb.resolve_precision("fp32") == "fp32"
+    monkeypatch.setenv("VOSEMBED_PRECISION", "half")
+    with pytest.raises(DeviceError, match="Unknown precision 'half'"):
+        bb.resolve_precision(None)
+
+
 def test_resolve_device_auto_picks_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert bb.resolve_device("auto") == torch.device("cuda")
@@ -113,6 +123,9 @@ def test_torchscript_backbone(torchscript_file):
     expected = _Stride4()
     expected.load_state_dict(torch.jit.load(str(torchscript_file)).state_dict())
     assert torch.allclose(backbone(images).features[4], expected(images), atol=1e-6)
+    mixed = bb.get_backbone(torchscript_file, device="cpu", precision="bf16")
+    assert mixed.precision == "bf16"
+    assert torch.allclose(mixed(images).features[4], expected(images), atol=0.05)
 
 
 def test_torchscript_wrong_stride_or_channels(torchscript_file):

@@ -3,8 +3,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from napari_vosembed.errors import VosEmbedError
+from napari_vosembed.engine import cache
 from napari_vosembed.engine.cache import EmbeddingSettings, _publish, cache_usage, embed_video
+from napari_vosembed.errors import VosEmbedError
 from napari_vosembed.progress import drive
 
 TINY = EmbeddingSettings(backbone="tiny", scale=1.0, levels=(4, 8), saliency_stride=2)
@@ -41,14 +42,20 @@ def test_second_run_reuses_the_cache_and_a_changed_video_does_not():
     assert decoder.computed == 5 and decoder.path not in (first.path, changed.path)
 
 
-def test_cancelled_work_resumes_where_it_stopped():
+def test_cancelled_work_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A cancel finishes the batch being written (at most the one after the last reported), and
+    the next run computes exactly the frames not marked done."""
+    monkeypatch.setattr(cache, "embeddings_root", lambda: tmp_path)
     video = _video(n=6)
     gen = embed_video(video, TINY, device="cpu", batch_size=2)
     steps = [next(gen), next(gen)]
     gen.close()
     assert steps[-1].done == 2
-    resumed = drive(embed_video(video, TINY, device="cpu", batch_size=2), quiet=True)
-    assert resumed.computed == 4 and resumed.complete
+    (done_file,) = tmp_path.glob("*/done.npy")
+    finished = int(np.load(done_file).sum())
+    assert finished in (2, 4)
+    entry = drive(embed_video(video, TINY, device="cpu", batch_size=2), quiet=True)
+    assert entry.complete and entry.computed == 6 - finished
     fresh = drive(embed_video(video, TINY, device="cpu", batch_size=6), quiet=True)
     assert fresh.computed == 0
 
@@ -92,3 +99,58 @@ def test_a_video_file_is_keyed_by_its_bytes(tmp_path):
 def test_unknown_level_is_a_clear_error():
     with pytest.raises(VosEmbedError, match="strides 4, 8.*ask for 16"):
         drive(embed_video(_video(n=1), EmbeddingSettings("tiny", levels=(16,)), device="cpu"), quiet=True)
+
+
+def test_batched_streaming_embeddings_label_as_one_frame_at_a_time(tmp_path, monkeypatch):
+    """The streaming path (reader thread ahead, writer thread behind, 4 frames per pass, a last
+    batch of 3) stores the embeddings one frame per pass gives, and PML labels every frame alike."""
+    import torch
+
+    from napari_vosembed.engine.pml_index import PMLIndex
+    from napari_vosembed.io import as_video
+    from napari_vosembed.prompts import Prompts
+
+    rng = np.random.default_rng(3)
+    video = np.full((11, 48, 64, 3), (30, 40, 200), np.uint8)
+    masks = np.zeros((11, 48, 64), np.int32)
+    for t in range(11):
+        video[t, 10:30, 5 + 3 * t : 25 + 3 * t] = (220, 30, 30)
+        masks[t, 10:30, 5 + 3 * t : 25 + 3 * t] = 1
+    video = np.clip(video + rng.normal(0, 5, video.shape), 0, 255).astype(np.uint8)
+    settings = dataclasses.replace(TINY, saliency_stride=4)
+    runs = {}
+    for batch in (1, 4):
+        monkeypatch.setattr(cache, "embeddings_root", lambda: tmp_path / str(batch))
+        emb = drive(embed_video(video, settings, device="cpu", batch_size=batch), quiet=True)
+        assert emb.computed == 11 and emb.complete
+        index = PMLIndex(as_video(video), emb, None, torch.device("cpu"))
+        index.add_prompts(Prompts().add_mask(0, masks[0]))
+        runs[batch] = emb, drive(index.predict_all(), quiet=True)
+    (one, labels_one), (four, labels_four) = runs[1], runs[4]
+    for level in (4, 8):
+        np.testing.assert_allclose(one.levels[level], four.levels[level], atol=2e-3)
+    np.testing.assert_allclose(one.saliency, four.saliency, atol=2e-3)
+    np.testing.assert_array_equal(labels_one, labels_four)
+    assert (labels_four[10] == masks[10]).mean() > 0.95
+
+
+def test_a_failing_frame_read_stops_the_stream_with_its_error(monkeypatch):
+    """An error in the reader thread (a frame that cannot be decoded) reaches the caller, and the
+    frames finished before it stay done."""
+    from napari_vosembed.errors import VideoReadError
+    from napari_vosembed.io import as_video
+
+    video = as_video(_video(n=9))
+    original = type(video).__getitem__
+
+    def broken(self, index):
+        if index == 6:
+            raise VideoReadError("frame 6: truncated file")
+        return original(self, index)
+
+    monkeypatch.setattr(type(video), "__getitem__", broken)
+    with pytest.raises(VideoReadError, match="frame 6: truncated"):
+        drive(embed_video(video, TINY, device="cpu", batch_size=2), quiet=True)
+    monkeypatch.setattr(type(video), "__getitem__", original)
+    resumed = drive(embed_video(video, TINY, device="cpu", batch_size=2), quiet=True)
+    assert resumed.complete and resumed.computed == 3

@@ -81,6 +81,21 @@ def test_without_saliency_the_encoder_alone_runs_and_gives_the_same_features(mod
         assert isnet.load_isnet_onnx(model_file)(isnet.normalize(images), encoder_only=True).decoder == []
 
 
+def test_bfloat16_features_match_float32(model_file, backbone):
+    """bfloat16 (autocast, channels-last) gives float32 maps whose per-pixel direction, the only
+    thing the cache keeps, is that of float32's; and the same saliency to within 0.02."""
+    mixed = ISNetBackbone(model_file, precision="bf16")
+    assert mixed.precision == "bf16" and backbone.precision == "fp32"
+    images = _astronaut((120, 200))
+    with torch.inference_mode():
+        full, fast = backbone(images), mixed(images)
+    for stride in (4, 8, 16, 32):
+        assert fast.features[stride].dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(fast.features[stride], full.features[stride], dim=1)
+        assert cosine.min() > 0.995 and cosine.mean() > 0.9995
+    assert (fast.saliency - full.saliency).abs().max() < 0.02
+
+
 def test_saliency_on_real_image(backbone):
     """The astronaut (scikit-image) is salient; the wall beside her and the dark corner are not."""
     with torch.inference_mode():

@@ -347,3 +347,25 @@ def test_a_background_mask_beside_an_object_click_segments_without_finetuning(mo
     monkeypatch.setattr(PMLIndex, "finetuned", lambda *a, **k: pytest.fail("nothing to fine-tune on"))
     labels = drive(s.predict_all(online_adaptation=False), quiet=True)  # was a PromptError from fine-tuning
     assert labels.shape == masks.shape and labels[2].max() == 0
+
+
+def test_the_torch_search_of_a_gpu_session_labels_as_faiss_does(monkeypatch):
+    """A PML session whose pools search with `knn` (what runs on a GPU), here on the CPU: the labels
+    of every frame from a mask and from clicks are those of the faiss search."""
+    import functools
+
+    from napari_vosembed.engine import pml_index
+
+    frames, masks = scene(n=8, squares=((RED, 10), (GREEN, 50)))
+    results = []
+    for search in ("faiss", "torch"):
+        monkeypatch.setattr(pml_index, "ReferencePool", functools.partial(pml_index.ReferencePool, search=search))
+        index = session(frames)
+        index.add_prompts(Prompts().add_mask(0, masks[0]))
+        assert index.pool.backend == search
+        from_mask = drive(index.predict_all(), quiet=True)
+        clicks = index.with_prompts(Prompts().add_point(3, 30, 22, 1).add_point(3, 5, 5, 0))
+        results.append((from_mask, drive(clicks.predict_all(), quiet=True)))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert db_eval_iou(masks[5] == 1, results[1][0][5] == 1) > 0.8

@@ -130,3 +130,45 @@ def test_a_kept_guided_filter_gives_the_labels_of_a_fresh_one_click_after_click(
                 np.testing.assert_array_equal(kept(t, scores, values),
                                               refine_frame(video, t, scores, values, 8, video.intensity_range()))
         assert sorted(kept._filters) == [0, 1]
+
+
+def test_torch_knn_finds_the_neighbours_faiss_finds_in_any_chunking():
+    """The GPU search (`knn`, matrix product and top-k) is exact: on random unit vectors it gives
+    faiss's neighbours, nearest first, whatever the chunk size, and the same vote."""
+    import torch
+
+    from napari_vosembed.engine.retrieval import knn
+
+    rng = np.random.default_rng(0)
+    refs = rng.normal(size=(500, 16)).astype(np.float32)
+    refs /= np.linalg.norm(refs, axis=1, keepdims=True)
+    queries = rng.normal(size=(300, 16)).astype(np.float32)
+    labels = rng.integers(0, 3, 500)
+    pools = {}
+    for search in ("faiss", "torch"):
+        pools[search] = ReferencePool(16, search=search)
+        pools[search].add(refs[:200], labels[:200], group=1)
+        pools[search].vote(queries, 5)  # builds the index, which must follow later edits
+        pools[search].add(refs[200:], labels[200:], group=2)
+    sims, idx = pools["faiss"]._search_index().search(queries, 7)
+    for chunk in (4 * 500 * 7, 1 << 28):
+        got_sims, got_idx = knn(torch.from_numpy(refs), torch.from_numpy(queries), 7, chunk_bytes=chunk)
+        np.testing.assert_array_equal(got_idx.numpy(), idx)
+        np.testing.assert_allclose(got_sims.numpy(), sims, atol=1e-5)
+    for k in (1, 5):
+        for a, b in zip(pools["faiss"].vote(queries, k), pools["torch"].vote(queries, k)):
+            np.testing.assert_array_equal(a, b)
+    assert pools["torch"].remove(2) == 300
+    np.testing.assert_array_equal(pools["torch"].search(queries, 3)[1], labels[:200][idx_of(refs[:200], queries, 3)])
+
+
+def idx_of(refs, queries, k):
+    """Indices of the k largest inner products, by sorting (the definition)."""
+    return np.argsort(-(queries @ refs.T), axis=1, kind="stable")[:, :k]
+
+
+def test_an_unknown_search_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="search must be 'faiss' or 'torch'"):
+        ReferencePool(4, search="annoy")

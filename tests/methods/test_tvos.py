@@ -429,7 +429,7 @@ def test_the_session_opens_its_pml_matcher_on_the_same_grid():
     assert shared.matcher is s.matcher  # an open PML session on the same features is shared, not reopened
     other = PMLIndex(as_video(frames), colour_embeddings(frames), None, torch.device("cpu"))
     own = drive(TVOSPropagator.open(frames, head=None, device="cpu", settings=TINY, matcher=other), quiet=True)
-    assert own.matcher is not other and own.matcher.embeddings.settings == TINY  # other features: its own
+    assert own.matcher is not other and own.matcher.embeddings.settings == own.embeddings.settings  # its own
     longer, _ = scene(n=5)
     elsewhere = PMLIndex(as_video(longer), colour_embeddings(longer), None, torch.device("cpu"))
     with pytest.raises(VosEmbedError, match=r"PML matcher is of another video \(5 frames of 64x96, not 3 of 64x96\)"):

@@ -30,7 +30,8 @@ def _worker(spec: dict) -> dict:
     """Embed `spec['video']` twice with one setting; runs inside the subprocess."""
     import torch
 
-    from ..engine.cache import EmbeddingSettings, embed_video
+    from ..engine.backbone import resolve_device
+    from ..engine.cache import EmbeddingSettings, default_batch_size, embed_video
     from ..io import open_video
     from ..progress import drive
     from . import peak_rss_mib
@@ -38,22 +39,23 @@ def _worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     settings = EmbeddingSettings(**{**spec["settings"], "levels": tuple(spec["settings"]["levels"])})
     video = open_video(spec["video"])
-    stamps = []
+    stamps, done = [], []
     start = time.perf_counter()
-    gen = embed_video(video, settings, device=spec["device"], batch_size=1)
+    gen = embed_video(video, settings, device=spec["device"])
     try:
         while True:
-            next(gen)
+            done.append(next(gen).done)
             stamps.append(time.perf_counter())
     except StopIteration as stop:
         emb = stop.value
     cold = time.perf_counter() - start
-    per_frame = np.diff(stamps)
-    warmup = spec["warmup"]
+    per_frame = np.diff(stamps) / np.maximum(np.diff(done), 1)  # per batch, divided among its frames
+    warmup = -(-spec["warmup"] // (done[1] - done[0]))  # the batches holding the first `warmup` frames
     start = time.perf_counter()
     warm = drive(embed_video(video, settings, device=spec["device"]), quiet=True)
     return {
         "frames": len(video), "frame_shape": list(video.shape[1:3]), "grid": list(emb.grid_shape),
+        "precision": emb.settings.precision, "batch": default_batch_size(resolve_device(spec["device"])),
         "channels": emb.channels, "median_s_per_frame": float(np.median(per_frame[warmup:])),
         "p90_s_per_frame": float(np.percentile(per_frame[warmup:], 90)), "cold_total_s": cold,
         "warm_total_s": time.perf_counter() - start, "warm_frames_computed": warm.computed,
@@ -91,7 +93,9 @@ def run(video: str | None, data: Path | None, frames: int, device: str, threads:
         "## Embedding (`vosembed benchmark embed`)", "",
         f"{results[next(iter(results))]['frames']} frames of "
         f"{'x'.join(map(str, results[next(iter(results))]['frame_shape']))}, device `{device}`, "
-        f"{threads} torch threads, batch 1, median after {warmup} warm-up frames; 1-minute load average "
+        f"{threads} torch threads, precision {results[next(iter(results))]['precision']}, "
+        f"{results[next(iter(results))]['batch']} frames per pass (time per frame: each pass's, divided among its "
+        f"frames), median after {warmup} warm-up frames; 1-minute load average "
         f"{payload['machine']['load_average_1min']:.1f} at the start (2 cores).", "",
         "| setting | grid | channels | median s/frame | p90 s/frame | peak RSS MiB | cache KiB/frame "
         "| second run: frames computed, s |",

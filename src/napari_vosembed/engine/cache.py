@@ -5,19 +5,26 @@ from here. They are stored as memory-mapped float16 arrays under
 `cache_dir()/embeddings/<key>/`, where the key hashes the video's content (file bytes, or frame
 bytes for in-memory arrays), the backbone's weights and the `EmbeddingSettings`. A second run, or a
 new click, costs no network pass; a changed file gets a new key. Frames are marked done batch by
-batch, so cancelled work resumes where it stopped, and memory stays bounded by one batch however
+batch, so cancelled work resumes where it stopped, and memory stays bounded by a few batches however
 long the video is.
+
+`embed_video` streams: a reader thread decodes, normalises and resizes the next batches while the
+network runs on this one, and a writer thread moves each batch's features to the host and into
+the cache while the network runs on the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import shutil
-from collections.abc import Generator
+from collections import deque
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import VosEmbedError
 from ..progress import Progress
-from .backbone import feature_size, get_backbone
+from .backbone import feature_size, get_backbone, resolve_device, resolve_precision
 from .fetch import cache_dir
 
 FORMAT_VERSION = 2
@@ -49,6 +56,10 @@ class EmbeddingSettings:
     features: which of ISNet's stages give the features, "encoder" (default) or "decoder" (the
         backbone's saliency-trained side; the TVOS head scores 4 J&F points higher on the encoder,
         the PML head the same, docs/models.md); other backbones have one set of maps and ignore it.
+    precision: the backbone's arithmetic, "fp32" or "bf16" (twice as fast where the hardware has
+        bfloat16 units, `backbone.bf16_supported`; TVOS's J&F the same, PML's 0.5 to 0.7 lower,
+        docs/benchmarks.md); None (default): the environment's VOSEMBED_PRECISION, else "fp32".
+        Part of the cache key.
     """
 
     backbone: str = "isnet"
@@ -57,6 +68,7 @@ class EmbeddingSettings:
     saliency_stride: int = 4
     working_pixels: int = 102_400
     features: str = "encoder"
+    precision: str | None = None
 
     def resolve(self, height: int, width: int) -> EmbeddingSettings:
         """These settings with the scale fixed for a `height x width` video."""
@@ -163,8 +175,10 @@ def video_fingerprint(video) -> str:
 
 
 def cache_key(video, settings: EmbeddingSettings, backbone_id: str) -> str:
-    """Hash of the video's content, the backbone's weights and the resolved settings."""
-    computed = {k: v for k, v in dataclasses.asdict(settings).items() if k != "working_pixels"}
+    """Hash of the video's content, the backbone's weights and the resolved settings (float32
+    entries keep the keys they had before `precision` existed)."""
+    computed = {k: v for k, v in dataclasses.asdict(settings).items()
+                if k != "working_pixels" and (k, v) != ("precision", "fp32")}
     payload = json.dumps([FORMAT_VERSION, video_fingerprint(video), backbone_id, computed])
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
@@ -247,24 +261,65 @@ def _publish(partial: Path, path: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def _batches(video, batches: list[np.ndarray], size: tuple[int, int] | None, device: torch.device,
+             prefetch: int = 2) -> Iterator[torch.Tensor]:
+    """The frames of each batch as network input (B, 3, h, w) in [0, 1], resized to `size` when
+    given; a reader thread prepares up to `prefetch` batches ahead (pinned for a CUDA device)."""
+    from ..io import normalize_frame
+
+    low, high = video.intensity_range()
+
+    def load(batch: np.ndarray) -> torch.Tensor:
+        images = torch.from_numpy(np.stack([normalize_frame(video[int(t)], low, high) for t in batch]))
+        images = images.permute(0, 3, 1, 2)
+        if size is not None:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return images.pin_memory() if device.type == "cuda" else images
+
+    with ThreadPoolExecutor(1, thread_name_prefix="vosembed-reader") as reader:
+        pending: deque[Future] = deque()
+        try:
+            for batch in batches:
+                pending.append(reader.submit(load, batch))
+                if len(pending) > prefetch:
+                    yield pending.popleft().result().to(device, non_blocking=True)
+            while pending:
+                yield pending.popleft().result().to(device, non_blocking=True)
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Frames per network pass: 16 on a GPU, 4 on a CPU (docs/benchmarks.md, `benchmark speed`)."""
+    return 16 if device.type == "cuda" else 4
+
+
 def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device: str = "auto",
-                batch_size: int = 2) -> Generator[Progress, None, Embeddings]:
+                batch_size: int | None = None) -> Generator[Progress, None, Embeddings]:
     """Compute (or reuse) the embeddings of `video`, yielding `Progress` per batch.
 
     Frames already in the cache cost nothing; the backbone is only loaded when a frame is missing.
+    `batch_size` frames go through the network at once (`default_batch_size` when None).
     """
-    from ..io import as_video, normalize_frame
+    from ..io import as_video
 
     video = as_video(video)
     n, height, width = len(video), *video.shape[1:3]
+    device = resolve_device(device)
     settings = settings.resolve(height, width)
+    settings = dataclasses.replace(settings, precision=resolve_precision(settings.precision))
     path = embeddings_root() / cache_key(video, settings, _backbone_id(settings))
     backbone = None
+
+    def load_backbone():
+        return get_backbone(settings.backbone, device, features=settings.features,
+                            saliency=bool(settings.saliency_stride), precision=settings.precision)
+
     if (path / "meta.json").exists():
         arrays = _arrays(path, settings, (n, height, width), None)
     else:
-        backbone = get_backbone(settings.backbone, device, features=settings.features,
-                                   saliency=bool(settings.saliency_stride))
+        backbone = load_backbone()
         missing = sorted(set(settings.levels) - set(backbone.feature_channels))
         if missing:
             raise VosEmbedError(
@@ -287,33 +342,37 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
     todo = np.flatnonzero(~done)
     computed = 0
     if len(todo):
-        backbone = backbone or get_backbone(settings.backbone, device, features=settings.features,
-                                               saliency=bool(settings.saliency_stride))
-        low, high = video.intensity_range()
-        scaled = (round(height * settings.scale), round(width * settings.scale))
-        yield Progress(int(done.sum()), n, "embedding")
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            images = torch.from_numpy(np.stack([normalize_frame(video[int(t)], low, high) for t in batch]))
-            images = images.permute(0, 3, 1, 2)
-            if settings.scale != 1:
-                images = F.interpolate(images, size=scaled, mode="bilinear", align_corners=False, antialias=True)
-            with torch.inference_mode():
-                out = backbone(images)
-                for level, feats in normalized_levels(out, settings.levels).items():
-                    arrays[f"s{level}"][batch] = feats.half().cpu().numpy()
-                if "saliency" in arrays:
-                    size = arrays["saliency"].shape[1:]
-                    sal = F.interpolate(out.saliency, size=size, mode="area") if out.saliency is not None else None
-                    if sal is None:
-                        raise ValueError(f"backbone {backbone.name} gives no saliency; set saliency_stride=0")
-                    arrays["saliency"][batch] = sal[:, 0].half().cpu().numpy()
-            for name, array in arrays.items():
-                if name != "done":
-                    array.flush()
+        backbone = backbone or load_backbone()
+        size = (round(height * settings.scale), round(width * settings.scale)) if settings.scale != 1 else None
+        step = batch_size or default_batch_size(device)
+        batches = [todo[i : i + step] for i in range(0, len(todo), step)]
+
+        def store(batch: np.ndarray, outputs: dict[str, torch.Tensor]) -> None:
+            """Runs on the writer thread: the batch to the host, into the cache, then marked done."""
+            for name, values in outputs.items():
+                arrays[name][batch] = values.cpu().numpy()
+                arrays[name].flush()
             done[batch] = True
             done.flush()
-            computed += len(batch)
-            yield Progress(int(done.sum()), n, "embedding")
+
+        yield Progress(int(done.sum()), n, "embedding")
+        with ThreadPoolExecutor(1, thread_name_prefix="vosembed-writer") as writer, \
+                contextlib.closing(_batches(video, batches, size, device)) as inputs:
+            writing: deque[tuple[Future, np.ndarray]] = deque()
+            for i, (batch, images) in enumerate(zip(batches, inputs)):
+                with torch.inference_mode():
+                    out = backbone(images)
+                    outputs = {f"s{level}": f.half() for level, f in normalized_levels(out, settings.levels).items()}
+                    if "saliency" in arrays:
+                        if out.saliency is None:
+                            raise ValueError(f"backbone {backbone.name} gives no saliency; set saliency_stride=0")
+                        outputs["saliency"] = F.interpolate(out.saliency, size=arrays["saliency"].shape[1:],
+                                                            mode="area")[:, 0].half()
+                writing.append((writer.submit(store, batch, outputs), batch))
+                while len(writing) > 1 or (writing and i == len(batches) - 1):
+                    future, written = writing.popleft()
+                    future.result()
+                    computed += len(written)
+                    yield Progress(int(done.sum()), n, "embedding")
     levels = {level: arrays[f"s{level}"] for level in settings.levels}
     return Embeddings(path, settings, (height, width), levels, arrays.get("saliency"), done, computed)

@@ -106,6 +106,24 @@ class PMLIndex:
     def frame_embeddings(self, t: int) -> np.ndarray:
         return as_float32(self._pixel_embeddings[t])
 
+    @property
+    def _resident(self) -> torch.Tensor | None:
+        """On a GPU, the pixel embeddings in device memory (copied once per head), so a click's
+        queries never cross the bus; None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        if getattr(self, "_resident_of", None) is not self._pixel_embeddings:
+            self._resident_copy = torch.from_numpy(self._pixel_embeddings).to(self.device)
+            self._resident_of = self._pixel_embeddings
+        return self._resident_copy
+
+    def _queries(self, t: int, cells: np.ndarray | None) -> np.ndarray | torch.Tensor:
+        """The embeddings of frame t (or of its `cells`), on the pool's device."""
+        if self._resident is not None:
+            frame = self._resident[t]
+            return frame if cells is None else frame[torch.as_tensor(cells, device=self.device)]
+        return self.frame_embeddings(t) if cells is None else as_float32(self._pixel_embeddings[t, cells])
+
     def add_prompts(self, prompts: Prompts, group: int = 0) -> None:
         """Add the reference pixels of `prompts` to the pool as `group` (removable as one)."""
         height, width = self.frame_shape
@@ -217,8 +235,7 @@ class PMLIndex:
         """Vote fractions `(h, w, L)` for frame t, the label values, and the unanimous cells; with
         `cells` (flat grid indices), the votes of those cells only, `(len(cells), L)`. With clicks
         alone (`propagating`), (1 - mu) vote + mu propagated labels, mu = click_propagation."""
-        queries = self.frame_embeddings(t) if cells is None else as_float32(self._pixel_embeddings[t, cells])
-        scores, unanimous = self.pool.vote(queries, k or self.k)
+        scores, unanimous = self.pool.vote(self._queries(t, cells), k or self.k)
         if self.propagating:
             mu = self.click_propagation
             scores = (1 - mu) * scores + mu * self._propagated(t, cells)
