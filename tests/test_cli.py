@@ -132,6 +132,28 @@ def test_segment_tracks_a_box_with_lse(tmp_path, backbone):
     assert j > 0.7
 
 
+def test_segment_a_chosen_channel_of_a_zarr_time_lapse(tmp_path, backbone):
+    """A two-channel Zarr stack (noise, then the object): `--channel 1` segments the object from
+    the first frame's mask."""
+    import zarr
+
+    from napari_vosembed.sample import moving_square
+
+    frames, masks = moving_square()
+    gray = frames.mean(-1).astype(np.uint16) * 200  # a 16-bit microscope's range
+    noise = np.random.default_rng(0).integers(0, 60000, gray.shape, dtype=np.uint16)
+    zarr.create_array(str(tmp_path / "cells.zarr"), shape=(len(gray), 2, *gray.shape[1:]), dtype="uint16",
+                      dimension_names=["t", "c", "y", "x"])[:] = np.stack([noise, gray], 1)
+    Image.fromarray((masks[0] > 0).astype(np.uint8)).save(tmp_path / "mask0.png")
+    out = tmp_path / "o"
+    assert main(["segment", str(tmp_path / "cells.zarr"), "--channel", "1", "--mask", f"0={tmp_path / 'mask0.png'}",
+                 "--out", str(out)]) == 0
+    labels = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+    assert len(labels) == len(masks)
+    j = np.mean([((m > 0) & (l > 0)).sum() / ((m > 0) | (l > 0)).sum() for m, l in zip(masks, labels)])
+    assert j > 0.7
+
+
 def test_segment_rejects_a_missing_video(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.mp4" in capsys.readouterr().err

@@ -117,7 +117,7 @@ def cmd_segment(args) -> int:
     from .methods import get_method, iter_segment
 
     check_out(Path(args.out), args.format, args.overwrite)
-    video = open_video(args.video)
+    video = open_video(args.video, args.channel, args.z)
     prompts = build_prompts(args)
     if prompts.is_empty() and get_method(args.method).needs_prompts:
         raise PromptError(f"no prompts: {args.method} needs --mask FRAME=FILE, --points FILE.csv or "
@@ -177,7 +177,7 @@ def cmd_embed(args) -> int:
     from .io import open_video
     from .methods import best_method, iter_embed
 
-    video = open_video(args.video)
+    video = open_video(args.video, args.channel, args.z)
     method = args.method or best_method()
     params = {} if args.prompt_model is None else {"prompt_model": args.prompt_model}
     started = time.monotonic()
@@ -185,6 +185,16 @@ def cmd_embed(args) -> int:
     print(f"{len(video)} frames of {args.video} embedded for {method} in {time.monotonic() - started:.0f} s; "
           "vosembed segment and the viewer (opening the same file) now start from the cache")
     return 0
+
+
+def cmd_batch(args) -> int:
+    from . import batch
+
+    report = drive(batch.run(Path(args.root), Path(args.out), args.method, args.prompts, args.scheduler, args.workers,
+                             args.device, args.retries, _parse_params(args.param)), args.quiet)
+    print(batch.markdown(report))
+    failed = [name for name, r in report["videos"].items() if r["status"] == "failed"]
+    return 1 if failed else 0
 
 
 def cmd_evaluate(args) -> int:
@@ -242,6 +252,11 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _plane_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channel", type=int, help="the channel to segment, in a Zarr image with several")
+    parser.add_argument("--z", type=int, help="the z plane to segment, in a Zarr image with several")
+
+
 def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
     """An option per field of the dataclass `config`: its type, default, metadata "help" and "choices"
     (none for a field whose metadata says "hidden": the trainer does not use it)."""
@@ -277,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods = list(available_methods())
     p = sub.add_parser("segment", formatter_class=DEFAULTS, help="segment a video from masks, clicks or boxes",
                        description="Segment VIDEO and write one label image per frame into --out.")
-    p.add_argument("video", help="video file (mp4, avi, mov, webm, mkv), frame folder, or (OME-)TIFF stack")
+    p.add_argument("video", help="video file (mp4, avi, mov, webm, mkv), frame folder, (OME-)TIFF stack, or Zarr "
+                   "array / OME-Zarr image")
+    _plane_options(p)
     p.add_argument("--method", default=None,
                    help=f"segmentation method (installed: {', '.join(methods) or 'none yet'}; default: the best)")
     p.add_argument("--out", required=True, help="output folder (or .tif file with --format tiff)")
@@ -297,11 +314,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("batch", formatter_class=DEFAULTS, help="segment every video under a folder on Dask",
+                       description="Segment every video under ROOT (sequence folders, frame folders, video files, TIFF "
+                       "and Zarr stacks), one dask.distributed task per video, into OUT/<name>/ with a result.json "
+                       "(and J&F where the video has ground truth); finished videos are skipped, failed ones retried "
+                       "and reported; OUT/batch.json and OUT/batch.md sum it up.")
+    p.add_argument("root", help="folder of videos")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", required=True, choices=methods, help="segmentation method")
+    p.add_argument("--prompts", default="first-mask", choices=["first-mask", "none"],
+                   help="each sequence's first annotated ground-truth mask, or none (methods that need no input)")
+    p.add_argument("--scheduler", default="local",
+                   help="'local' (a LocalCluster on this machine) or a scheduler address, e.g. tcp://HOST:8786")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of the LocalCluster")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where each task's networks run "
+                   "(cuda: each task asks the scheduler for one GPU resource)")
+    p.add_argument("--retries", type=int, default=1, help="times a failed video is tried again")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter; repeatable")
+    p.set_defaults(func=cmd_batch)
+
     p = sub.add_parser("embed", formatter_class=DEFAULTS, help="compute a video's embeddings ahead of time",
                        description="Compute what a method needs before the first click (the backbone's "
                        "embedding of every frame, and with the prompt model every frame's encoding) and cache it "
                        "on disk, so that segmenting VIDEO later, here or in the viewer, starts at once.")
-    p.add_argument("video", help="video file, frame folder, or (OME-)TIFF stack")
+    p.add_argument("video", help="video file, frame folder, (OME-)TIFF stack, or Zarr array / OME-Zarr image")
+    _plane_options(p)
     p.add_argument("--method", default=None, help=f"the method to prepare for (installed: {', '.join(methods)}; "
                    "default: the best)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where networks run")

@@ -27,3 +27,7 @@ class Cancelled(VosEmbedError):
 
 class DeviceError(VosEmbedError, ValueError):
     """An unknown device, or CUDA asked for where there is no GPU."""
+
+
+class ResourceError(VosEmbedError):
+    """A job would not fit in the memory available, or its files on the disk."""

@@ -20,6 +20,8 @@ from .errors import PromptError
 SCRIBBLE_BACKGROUND = 255
 #: The largest object id: label images are at most int32.
 MAX_LABEL = 2**31 - 1
+#: The most objects one run segments: every object costs a reference set and a score map per frame.
+MAX_OBJECTS = 65535
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,11 @@ class Prompts:
                 if image.size and image.max() > MAX_LABEL:
                     raise PromptError(f"the {kind} on frame {frame} has object id {image.max()}; ids go up to "
                                       f"{MAX_LABEL}")
-        if require_object and not self.object_ids:
+        n_objects = len(self.object_ids)
+        if n_objects > MAX_OBJECTS:
+            raise PromptError(f"the prompts name {n_objects:,} objects; one run segments at most {MAX_OBJECTS:,} "
+                              "(split the objects over several runs)")
+        if require_object and not n_objects:
             raise PromptError("the prompts name no object: add a positive click, a box or a mask with a label > 0")
 
     def reference_pixels(self, height: int, width: int) -> ReferencePixels:

@@ -177,3 +177,36 @@ def test_writers_tiff_png_and_cell_tracking_challenge(labels_layer, tmp_path):
     # object 2 leaves after frame 0 and comes back on frame 2: two tracks, the second its child
     assert tracks[:3] == ["1 0 0 0", "2 0 0 0", "3 2 2 2"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "01_RES" / "mask002.tif")[10:15, 10:20], 3)
+
+
+def test_a_zarr_time_lapse_opens_one_lazy_layer_per_channel_that_reopens_its_channel(make_napari_viewer, tmp_path):
+    import zarr
+
+    store = tmp_path / "cells.ome.zarr"
+    group = zarr.open_group(str(store), mode="w")
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": [{"name": a} for a in "tcyx"],
+                                                              "datasets": [{"path": "0"}]}]}
+    data = np.stack([np.full((4, 24, 32), 10 * c, np.uint16) + np.arange(4, dtype=np.uint16)[:, None, None]
+                     for c in range(2)], 1)
+    group.create_array("0", shape=data.shape, dtype="uint16")[:] = data
+    assert callable(get_reader(str(store)))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(store), plugin="napari-vosembed")
+    assert [layer.name for layer in layers] == ["cells c0", "cells c1"]
+    second = layers[1]
+    assert not isinstance(second.data, np.ndarray) and int(np.asarray(second.data[3])[0, 0]) == 13
+    assert second.metadata[L.PLANE_KEY] == {"channel": 1}
+    video = L.image_video(second)
+    assert video.source == store and video.shape == (4, 24, 32) and int(video[2][0, 0]) == 12
+
+
+def test_a_two_channel_tiff_time_lapse_opens_one_layer_per_channel(make_napari_viewer, tmp_path):
+    data = np.stack([np.full((4, 24, 32), 10 * c, np.uint16) + np.arange(4, dtype=np.uint16)[:, None, None]
+                     for c in range(2)], 1)
+    tifffile.imwrite(tmp_path / "cells.ome.tif", data, metadata={"axes": "TCYX"})
+    assert callable(get_reader(str(tmp_path / "cells.ome.tif")))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "cells.ome.tif"), plugin="napari-vosembed")
+    assert [layer.name for layer in layers] == ["cells c0", "cells c1"]
+    assert int(np.asarray(layers[1].data[3])[0, 0]) == 13 and layers[1].metadata[L.PLANE_KEY] == {"channel": 1}
+    assert int(L.image_video(layers[0])[2][0, 0]) == 2

@@ -50,10 +50,10 @@ def test_cancelled_work_resumes_where_it_stopped(tmp_path, monkeypatch):
     gen = embed_video(video, TINY, device="cpu", batch_size=2)
     steps = [next(gen), next(gen)]
     gen.close()
-    assert steps[-1].done == 2
+    assert steps[-1].done in (2, 4)  # the writer thread may have stored the next batch already
     (done_file,) = tmp_path.glob("*/done.npy")
     finished = int(np.load(done_file).sum())
-    assert finished in (2, 4)
+    assert finished in (steps[-1].done, steps[-1].done + 2)
     entry = drive(embed_video(video, TINY, device="cpu", batch_size=2), quiet=True)
     assert entry.complete and entry.computed == 6 - finished
     fresh = drive(embed_video(video, TINY, device="cpu", batch_size=6), quiet=True)

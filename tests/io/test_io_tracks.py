@@ -82,7 +82,7 @@ def test_write_geff_refuses_an_existing_output_unless_overwrite(squares, tmp_pat
 
 
 @pytest.mark.parametrize("bad, message", [
-    (np.zeros((4, 4), np.uint8), r"\(T, H, W\) volume, got shape \(4, 4\)"),
+    (np.zeros((4, 4), np.uint8), r"\(T, H, W\) volume of at least one pixel, got shape \(4, 4\)"),
     (np.full((2, 3, 3), 0.5), "integer ids"),
     (np.full((2, 3, 3), "a"), "integer ids"),
     (np.full((2, 3, 3), -1), "non-negative"),

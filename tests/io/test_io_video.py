@@ -237,16 +237,53 @@ def test_tiff_layouts(tmp_path):
     np.testing.assert_array_equal(v[2], volume[2])
 
 
-@pytest.mark.parametrize(
-    ("shape", "axes"), [((3, 2, 8, 9), "TZYX"), ((3, 2, 8, 9), "TCYX"), ((3, 8, 9, 2), "TYXS")]
-)
-def test_unsupported_tiff_layouts(tmp_path, shape, axes):
+@pytest.mark.parametrize(("shape", "axes", "match"), [
+    ((3, 2, 8, 9), "TZYX", r"the stack has 2 z planes \(axes TZYX, shape \(3, 2, 8, 9\)\); choose one"),
+    ((3, 2, 8, 9), "TCYX", r"the stack has 2 channels \(axes TCYX, shape \(3, 2, 8, 9\)\); choose one"),
+    ((3, 8, 9, 2), "TYXS", r"not supported\. Supported: .*T,Y,X"),
+])
+def test_unsupported_tiff_layouts_and_planes_to_choose(tmp_path, shape, axes, match):
     path = tmp_path / f"{axes}.ome.tif"
     kwargs = {"photometric": "minisblack", "planarconfig": "contig"} if axes.endswith("S") else {}
     tifffile.imwrite(path, np.zeros(shape, np.uint8), metadata={"axes": axes}, **kwargs)
-    with pytest.raises(VideoReadError, match="not supported") as error:
+    with pytest.raises(VideoReadError, match=match) as error:
         open_video(path)
-    assert path.name in str(error.value) and "T,Y,X" in str(error.value)
+    assert path.name in str(error.value)
+
+
+def planes(t, c, z, y=8, x=9):
+    """Pixel values that say which frame, channel and plane they come from: 100 t + 10 c + z."""
+    grid = np.indices((t, c, z)).astype(np.uint16)
+    return np.broadcast_to((100 * grid[0] + 10 * grid[1] + grid[2])[..., None, None], (t, c, z, y, x)).copy()
+
+
+@pytest.mark.parametrize("layout", ["ome TCZYX", "imagej TZCYX", "contiguous TCYX"])
+def test_a_channel_and_a_z_plane_of_a_tiff_stack(tmp_path, layout):
+    path = tmp_path / "cells.tif"
+    data = planes(5, 2, 3)
+    if layout == "ome TCZYX":
+        tifffile.imwrite(path, data, metadata={"axes": "TCZYX"})
+        video = open_video(path, channel=1, z=2)
+    elif layout == "imagej TZCYX":
+        tifffile.imwrite(path, data.transpose(0, 2, 1, 3, 4).copy(), imagej=True, metadata={"axes": "TZCYX"})
+        video = open_video(path, channel=1, z=2)
+    else:
+        data = data[:, :, 2:]
+        tifffile.imwrite(path, data[:, :, 0], metadata={"axes": "TCYX"}, contiguous=True)
+        video = open_video(path, channel=1)
+    assert video.shape == (5, 8, 9)
+    assert [int(video[t][0, 0]) for t in range(5)] == [100 * t + 12 for t in range(5)]
+    with pytest.raises(VideoReadError, match="channel 2 does not exist; the stack has channels 0 to 1"):
+        open_video(path, channel=2, z=0)
+
+
+def test_an_rgb_stack_is_rgb_unless_a_channel_is_chosen(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (4, 3, 8, 9), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, metadata={"axes": "TCYX"})  # colour planes within each page
+    assert open_video(tmp_path / "rgb.tif").shape == (4, 8, 9, 3)
+    blue = open_video(tmp_path / "rgb.tif", channel=2)
+    assert blue.shape == (4, 8, 9)
+    np.testing.assert_array_equal(blue[3], rgb[3, 2])
 
 
 # --- arrays ------------------------------------------------------------------------------------

@@ -54,3 +54,17 @@ def test_coordinates_that_are_not_numbers_are_refused_by_name(bad):
     p = Prompts(points=[bad] if isinstance(bad, Point) else [], boxes=[bad] if isinstance(bad, Box) else [])
     with pytest.raises(PromptError, match="not a finite number|outside"):
         p.validate(N, H, W)
+
+
+def test_ids_need_not_be_contiguous_and_may_exceed_any_small_dtype():
+    mask = np.zeros((H, W), np.int64)
+    mask[1:4, 1:4], mask[6:9, 6:9], mask[9:11, 12:15] = 3, 300, 70_000
+    p = Prompts().add_mask(0, mask)
+    p.validate(N, H, W)
+    assert p.object_ids == [3, 300, 70_000] and p.reference_pixels(H, W).object_ids == [3, 300, 70_000]
+
+
+def test_more_objects_than_one_run_segments_are_refused_by_count():
+    mask = np.arange(300 * 300, dtype=np.int64).reshape(300, 300) + 1  # 90,000 objects, one pixel each
+    with pytest.raises(PromptError, match=r"the prompts name 90,000 objects; one run segments at most 65,535"):
+        Prompts().add_mask(0, mask).validate(1, 300, 300)

@@ -24,6 +24,8 @@ from ..prompts import (
 
 #: Image layer metadata key holding the file or folder a layer was read from (set by our reader).
 SOURCE_KEY = "vosembed_source"
+#: Layer metadata: the channel / z plane of the source our reader opened ({"channel": K, "z": K}).
+PLANE_KEY = "vosembed_plane"
 #: Layer metadata key marking the layers the widget made, with their role.
 ROLE_KEY = "vosembed_role"
 
@@ -102,7 +104,7 @@ def image_video(image):
     source = image.metadata.get(SOURCE_KEY)
     if source:
         try:
-            video = open_video(source)
+            video = open_video(source, **image.metadata.get(PLANE_KEY, {}))
         except VosEmbedError:
             video = None
         if video is not None and tuple(video.shape[:3]) == shape:
@@ -429,6 +431,7 @@ def write_frames(layer, items) -> int:
 
 __all__ = [
     "NEGATIVE_COLOR",
+    "PLANE_KEY",
     "ROLE_KEY",
     "SCRIBBLE_BACKGROUND",
     "SOURCE_KEY",

@@ -1,7 +1,8 @@
-"""npe2 reader: videos, frame folders, (OME-)TIFF stacks and sequences with ground truth.
+"""npe2 reader: videos, frame folders, (OME-)TIFF stacks, Zarr arrays and OME-Zarr images, and
+sequences with ground truth.
 
-Everything opens lazily (a dask array that decodes a frame when napari shows it). A sequence
-folder (`SEQ/frames` + `SEQ/masks`, or DAVIS's `ROOT/JPEGImages/480p/SEQ`) opens as an Image
+Everything opens lazily (a dask array that decodes a frame when napari shows it). A TIFF or Zarr
+stack with several channels opens as one Image layer per channel. A sequence folder (`SEQ/frames` + `SEQ/masks`, or DAVIS's `ROOT/JPEGImages/480p/SEQ`) opens as an Image
 layer plus a Labels layer of its ground truth. Folders that are neither a frame folder nor a
 sequence, and TIFFs that are single images or layouts we do not read, get `None`, so that other
 readers can take them.
@@ -15,7 +16,8 @@ import numpy as np
 
 from ..errors import VosEmbedError
 from ..io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from .layers import ROLE_KEY, SOURCE_KEY, labels_colormap
+from ..io.zarrstack import is_zarr
+from .layers import PLANE_KEY, ROLE_KEY, SOURCE_KEY, labels_colormap
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 #: File patterns the plugin asks napari to open with this reader by default (see `prefer_reader`).
@@ -51,11 +53,12 @@ def _has_frames(folder: Path) -> bool:
 
 
 def _tiff_is_a_stack(path: Path) -> bool:
-    """A TIFF we read as a video: a supported layout with more than one frame."""
-    from ..io import open_video
+    """A TIFF we read as a video: a supported layout with more than one frame (of its first channel,
+    where it has several)."""
+    from ..io import channel_count, open_video
 
     try:
-        with open_video(path) as video:
+        with open_video(path, channel=0 if channel_count(path) else None) as video:
             return len(video) > 1
     except VosEmbedError:
         return False
@@ -83,6 +86,8 @@ def get_reader(path):
     p = Path(path)
     if not p.exists():
         return None
+    if is_zarr(p):
+        return read
     if p.is_dir():
         if _is_sequence(p) or _has_frames(p) or ((p / "frames").is_dir() and _has_frames(p / "frames")):
             return read
@@ -96,8 +101,9 @@ def get_reader(path):
 
 
 def read(path):
-    """Layer data of `path`: an Image layer, plus a Labels layer of ground truth for sequences."""
-    from ..io import open_video, read_sequence
+    """Layer data of `path`: an Image layer (one per channel of a stack with several), plus a Labels
+    layer of ground truth for sequences."""
+    from ..io import read_sequence
 
     if isinstance(path, (list, tuple)):
         path = path[0]
@@ -116,20 +122,34 @@ def read(path):
                         "metadata": {ROLE_KEY: "ground truth"}}
                 layers.append((gt, meta, "labels"))
             return layers
-        video = open_video(p)
+        name = p.stem  # cells.ome.tif, cells.ome.zarr -> cells
+        if p.suffix.lower() in (*TIFF_EXTENSIONS, ".zarr") and name.lower().endswith(".ome"):
+            name = name[: -len(".ome")]
+        return [image_layer_data(video, f"{name} c{plane['channel']}" if plane else name, plane)
+                for video, plane in channel_planes(p)]
     except VosEmbedError as err:
         raise ValueError(str(err)) from err
-    name = p.name[: -len(".ome.tif")] if p.name.lower().endswith(".ome.tif") else p.stem
-    if p.name.lower().endswith(".ome.tiff"):
-        name = p.name[: -len(".ome.tiff")]
-    return [image_layer_data(video, name)]
 
 
-def image_layer_data(video, name):
+def channel_planes(path: Path) -> list:
+    """(video, plane) of each channel of a TIFF or Zarr stack with several (plane: {"channel": K}),
+    else [(video, {})]: one Image layer per channel."""
+    from ..io import channel_count, open_video
+
+    n = channel_count(path)
+    if n is None:
+        return [(open_video(path), {})]
+    return [(open_video(path, channel=k), {"channel": k}) for k in range(n)]
+
+
+def image_layer_data(video, name, plane: dict | None = None):
     """(data, meta, "image") of a `Video`: lazy, RGB when it has 3 channels; contrast limits
-    from the video's robust intensity range (0.5 / 99.5 percentiles) for 16-bit and float."""
+    from the video's robust intensity range (0.5 / 99.5 percentiles) for 16-bit and float. `plane`:
+    the channel / z plane of the source it shows."""
     rgb = len(video.shape) == 4
     meta = {"name": name, "rgb": rgb, "metadata": {SOURCE_KEY: str(video.source) if video.source else ""}}
+    if plane:
+        meta["metadata"][PLANE_KEY] = dict(plane)
     if video.dtype != np.uint8:
         meta["contrast_limits"] = [float(v) for v in video.intensity_range()]
     return (lazy_array(video), meta, "image")

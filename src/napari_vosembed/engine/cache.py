@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import VosEmbedError
+from ..errors import ResourceError, VosEmbedError
 from ..progress import Progress
 from .backbone import feature_size, get_backbone, resolve_device, resolve_precision
 from .fetch import cache_dir
@@ -215,10 +216,10 @@ def _backbone_id(settings: EmbeddingSettings) -> str:
     return settings.backbone
 
 
-def _arrays(path: Path, settings: EmbeddingSettings, shape: tuple[int, int, int],
-            channels: dict[int, int] | None) -> dict[str, np.ndarray]:
-    """Memory-map the arrays of a cache entry (`s4`, `s8`, ... per level, `saliency`, `done`);
-    `channels` (level -> channels) given: create them."""
+def _layout(settings: EmbeddingSettings, shape: tuple[int, int, int],
+            channels: dict[int, int] | None) -> dict[str, tuple[tuple[int, ...], type]]:
+    """The arrays of a cache entry, name -> (shape, dtype): `s4`, `s8`, ... per level, `saliency`,
+    `done` (channels unknown: 0)."""
     n, height, width = shape
     scaled = (round(height * settings.scale), round(width * settings.scale))
     files = {"done": ((n,), np.bool_)}
@@ -226,10 +227,42 @@ def _arrays(path: Path, settings: EmbeddingSettings, shape: tuple[int, int, int]
         files[f"s{level}"] = ((n, *feature_size(*scaled, level), channels[level] if channels else 0), np.float16)
     if settings.saliency_stride:
         files["saliency"] = ((n, *feature_size(height, width, settings.saliency_stride)), np.float16)
+    return files
+
+
+def _entry_bytes(settings: EmbeddingSettings, shape: tuple[int, int, int], channels: dict[int, int]) -> int:
+    """Disk space of a cache entry."""
+    return sum(math.prod(s) * np.dtype(d).itemsize for s, d in _layout(settings, shape, channels).values())
+
+
+def _arrays(path: Path, settings: EmbeddingSettings, shape: tuple[int, int, int],
+            channels: dict[int, int] | None) -> dict[str, np.ndarray]:
+    """Memory-map the arrays of a cache entry (`_layout`); `channels` (level -> channels) given:
+    create them, their disk space reserved."""
+    files = _layout(settings, shape, channels)
     if channels is None:
         return {name: np.load(path / f"{name}.npy", mmap_mode="r+") for name in files}
-    return {name: np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=arr_shape)
-            for name, (arr_shape, dtype) in files.items()}
+    arrays = {name: np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=arr_shape)
+              for name, (arr_shape, dtype) in files.items()}
+    for name in arrays:
+        _reserve(path / f"{name}.npy")
+    return arrays
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the disk blocks of a new memory-mapped file now. A sparse file on a full disk would
+    kill the process (SIGBUS) at the first frame stored; reserved, a full disk fails here, as an
+    OSError (ENOSPC), before any work."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems that cannot reserve
+            raise
+    finally:
+        os.close(fd)
 
 
 def combine_levels(features: dict[int, torch.Tensor], levels: tuple[int, ...]) -> torch.Tensor:
@@ -329,13 +362,21 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
         channels = {level: backbone.feature_channels[level] for level in settings.levels}
         partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        arrays = _arrays(partial, settings, (n, height, width), channels)
-        meta = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(settings), "frames": n,
-                "frame_shape": [height, width], "source": str(getattr(video, "source", "") or "array")}
-        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
-        del arrays
-        _publish(partial, path)
+        try:
+            partial.mkdir(parents=True)
+            arrays = _arrays(partial, settings, (n, height, width), channels)
+            meta = {"format": FORMAT_VERSION, "settings": dataclasses.asdict(settings), "frames": n,
+                    "frame_shape": [height, width], "source": str(getattr(video, "source", "") or "array")}
+            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+            del arrays
+            _publish(partial, path)
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ResourceError(
+                f"{path.parent}: the embeddings of this video cannot be stored ({exc.strerror or exc}); they need "
+                f"{_entry_bytes(settings, (n, height, width), channels) / 2**20:,.0f} MiB there. Free space, or "
+                "set VOSEMBED_EMBEDDINGS_DIR to a folder on another disk"
+            ) from exc
         arrays = _arrays(path, settings, (n, height, width), None)
 
     done = arrays["done"]

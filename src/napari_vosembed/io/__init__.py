@@ -1,4 +1,4 @@
-"""Video I/O without napari: lazy readers (video files, frame folders, TIFF stacks, sequences with
+"""Video I/O without napari: lazy readers (video files, frame folders, TIFF and Zarr stacks, sequences with
 ground truth, label images), label writers (indexed PNG, multi-page TIFF, Cell Tracking Challenge) and
 the objects as tracks (napari Tracks data, GEFF graphs)."""
 
@@ -6,7 +6,7 @@ from ._files import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, VIDEO_EXTENSIONS, natura
 from .labels import Masks, read_label_folder, read_label_image
 from .sequence import Sequence, list_sequences, read_sequence
 from .tracks import object_tracks, track_features, write_geff
-from .video import Video, as_video, mirrored, normalize_frame, open_video
+from .video import Video, as_video, channel_count, mirrored, normalize_frame, open_video
 from .writers import ctc_tracks, davis_palette, write_ctc, write_png_labels, write_tiff_labels
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Sequence",
     "Video",
     "as_video",
+    "channel_count",
     "ctc_tracks",
     "davis_palette",
     "list_sequences",

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import VideoReadError
 
@@ -19,6 +19,8 @@ LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+#: the most pixels a frame may declare (16384 x 16384): more is an image bomb or a whole-slide image
+MAX_FRAME_PIXELS = 1 << 28
 
 
 def natural_key(path: str | Path) -> list:
@@ -36,17 +38,44 @@ def list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     return sorted(files, key=natural_key)
 
 
+def describe(exc: Exception) -> str:
+    """A parser's error in a few words. Parsers of damaged files raise far more than OSError and
+    ValueError: tifffile raises IndexError, TypeError, ZeroDivisionError or struct.error on bytes it
+    cannot make sense of (tests/reliability/test_io_properties.py), so the readers catch every
+    Exception around them and report it as the file's problem."""
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, (OSError, ValueError)) else str(exc)
+
+
+def check_frame_size(path: Path, height: int, width: int) -> None:
+    """Refuse, before anything is decoded, a frame whose header declares no pixels or more than
+    ``MAX_FRAME_PIXELS`` (an image bomb: a small file that would decode to gigabytes)."""
+    if height <= 0 or width <= 0:
+        raise VideoReadError(f"{path}: the file declares an empty {width} x {height} frame")
+    if height * width > MAX_FRAME_PIXELS:
+        raise VideoReadError(
+            f"{path}: the file declares a {width} x {height} frame ({height * width:,} pixels), more than "
+            f"the {MAX_FRAME_PIXELS:,} a frame may have (an image bomb, or a whole-slide image: crop or "
+            "downscale it first)"
+        )
+
+
 def image_header(path: Path) -> tuple[tuple[int, int], bool]:
-    """``((height, width), is_grayscale)`` of an image file, read from its header only."""
+    """``((height, width), is_grayscale)`` of an image file, read from its header only; a frame too
+    large to decode is refused (``check_frame_size``)."""
     try:
         if path.suffix.lower() in TIFF_EXTENSIONS:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
-                return (int(page.imagelength), int(page.imagewidth)), page.samplesperpixel == 1
-        with Image.open(path) as im:
-            return (im.height, im.width), im.mode in _GRAY_MODES
-    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as exc:
-        raise VideoReadError(f"{path}: not a readable image ({exc})") from exc
+                size, gray = (int(page.imagelength), int(page.imagewidth)), page.samplesperpixel == 1
+        else:
+            with Image.open(path) as im:
+                size, gray = (im.height, im.width), im.mode in _GRAY_MODES
+    except Image.DecompressionBombError as exc:
+        raise VideoReadError(f"{path}: refused as an image bomb ({exc})") from exc
+    except Exception as exc:  # any parser error: see describe()
+        raise VideoReadError(f"{path}: not a readable image ({describe(exc)})") from exc
+    check_frame_size(path, *size)
+    return size, gray
 
 
 def native(frame: np.ndarray) -> np.ndarray:
@@ -69,8 +98,8 @@ def read_image(path: Path) -> np.ndarray:
             frame = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
             if frame is not None and frame.ndim == 3:
                 frame = frame[..., 0] if is_gray else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    except (OSError, ValueError, tifffile.TiffFileError, cv2.error) as exc:
-        raise VideoReadError(f"{path}: cannot decode image ({exc})") from exc
+    except Exception as exc:  # any parser error: see describe()
+        raise VideoReadError(f"{path}: cannot decode image ({describe(exc)})") from exc
     if frame is None:
         raise VideoReadError(f"{path}: cannot decode image (corrupt or truncated file)")
     frame = np.squeeze(frame) if frame.ndim == 3 and frame.shape[-1] == 1 else frame

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VideoReadError
+from ._files import check_frame_size, describe
 
 _CACHE_BYTES = 64 << 20
 
@@ -56,8 +57,8 @@ class ContainerReader:
         self._position = -1
         try:
             self._container = self._av.open(str(path))
-        except (self._av.error.FFmpegError, OSError) as exc:
-            raise VideoReadError(f"{path}: not a readable video file ({exc})") from exc
+        except Exception as exc:  # any parser error, e.g. UnicodeDecodeError: see _files.describe()
+            raise VideoReadError(f"{path}: not a readable video file ({describe(exc)})") from exc
         try:
             self._build_index()
             first = self._read(0)
@@ -69,7 +70,7 @@ class ContainerReader:
         self.frame_names = [f"{t:05d}" for t in range(self.n_frames)]
 
     def _error(self, problem: str, exc: Exception | None = None) -> VideoReadError:
-        detail = f" ({exc})" if exc is not None else ""
+        detail = f" ({describe(exc)})" if exc is not None else ""
         return VideoReadError(f"{self.path}: {problem}{detail}")
 
     def _build_index(self) -> None:
@@ -77,6 +78,9 @@ class ContainerReader:
             raise self._error("the file has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
+        width, height = self._stream.codec_context.width, self._stream.codec_context.height
+        if width and height:  # 0 where only decoding tells
+            check_frame_size(self.path, height, width)
         pts, keys = [], []
         try:
             for packet in self._container.demux(self._stream):
@@ -88,7 +92,9 @@ class ContainerReader:
                 pts.append(stamp)
                 if packet.is_keyframe:
                     keys.append(stamp)
-        except self._av.error.FFmpegError as exc:
+        except VideoReadError:
+            raise
+        except Exception as exc:  # any parser error: see _files.describe()
             raise self._error("corrupt or truncated video file", exc) from exc
         declared = self._stream.frames
         if declared and len(pts) < declared:
@@ -111,7 +117,9 @@ class ContainerReader:
         self._seek_start()
         try:
             stamps = [frame.pts for frame in self._decoded()]
-        except self._av.error.FFmpegError as exc:
+        except VideoReadError:
+            raise
+        except Exception as exc:  # any parser error: see _files.describe()
             raise self._error("corrupt or truncated video file", exc) from exc
         if any(stamp is None for stamp in stamps):
             raise self._error("the decoded frames have no timestamps; re-encode it, e.g. with ffmpeg")
@@ -179,7 +187,10 @@ class ContainerReader:
             if frame is None:
                 self._seek_start()
                 frame = self._decode_until(t)
-        except self._av.error.FFmpegError as exc:
+        except VideoReadError:
+            self._frames = None
+            raise
+        except Exception as exc:  # any parser error: see _files.describe()
             self._frames = None
             raise self._error(f"cannot decode frame {t}", exc) from exc
         if frame is None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import VideoReadError
-from ._files import LABEL_EXTENSIONS, TIFF_EXTENSIONS, image_header, list_files
+from ._files import LABEL_EXTENSIONS, TIFF_EXTENSIONS, describe, image_header, list_files
 
 LABEL_FORMATS = (
     "a palette (indexed) PNG, a grayscale PNG (binary 0/255, or the object ids themselves), "
@@ -77,13 +77,16 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
             f"{path}: unsupported label file type {suffix or '(no extension)'}; "
             f"supported: {', '.join(LABEL_EXTENSIONS)}"
         )
+    image_header(path)  # a readable header and a frame size that can be decoded
     try:
         if suffix in TIFF_EXTENSIONS:
             labels = _to_int32(np.squeeze(tifffile.imread(path)), path)
         else:
             labels = _read_pil(path)
-    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as exc:
-        raise VideoReadError(f"{path}: not a readable label image ({exc})") from exc
+    except VideoReadError:
+        raise
+    except Exception as exc:  # any parser error: see _files.describe()
+        raise VideoReadError(f"{path}: not a readable label image ({describe(exc)})") from exc
     if labels.ndim != 2:
         raise VideoReadError(f"{path}: a label image must be 2D, got shape {labels.shape}")
     return labels

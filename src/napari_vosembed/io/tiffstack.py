@@ -1,4 +1,5 @@
-"""Multi-page TIFF and OME-TIFF stacks read page by page with tifffile."""
+"""Multi-page TIFF and OME-TIFF stacks read page by page with tifffile; a channel and z plane chosen
+where the stack has several."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import tifffile
 
 from ..errors import VideoReadError
-from ._files import native
+from ._files import check_frame_size, describe, native
 
 SUPPORTED_AXES = (
     "Y,X (one grayscale image), Y,X,C or C,Y,X with 3 channels (one RGB image), "
@@ -39,42 +40,105 @@ def _layout(axes: str, shape: tuple[int, ...]) -> tuple[bool, bool] | None:
     return bool(leading), channels_first
 
 
-class TiffReader:
-    """Frame reader of the first series of a (multi-page) TIFF file."""
+def _rgb_channels(axes: str, shape: tuple[int, ...]) -> bool:
+    """Whether the C axis holds the colours of RGB frames: 3 or 4 of them, right before Y, X."""
+    position = axes.find("C")
+    return position >= 0 and axes[position:] == "CYX" and shape[position] in _RGB
 
-    def __init__(self, path: Path):
+
+def _planes(path: Path, axes: str, shape: tuple[int, ...], channel: int | None, z: int | None) -> dict[int, int]:
+    """The chosen index of the C and Z axes (axis position -> index). A stack without a T axis has
+    its frames along Z, one without either along its one other axis (`_layout`); a C axis of 3 or 4
+    right before Y, X with no channel chosen stays: it is RGB."""
+    fixed = {}
+    frames = "T" if "T" in axes else "Z"
+    for value, letter, what, option in ((channel, "C", "channel", "channel"), (z, "Z", "z plane", "z")):
+        position = axes.find(letter)
+        if letter == frames and value is None:
+            continue
+        if position < 0:
+            if value is not None:
+                raise VideoReadError(f"{path}: {option}={value} was given but the stack has no {letter} axis "
+                                     f"(axes {axes}, shape {shape})")
+            continue
+        size = shape[position]
+        if value is None and (size == 1 or (letter == "C" and _rgb_channels(axes, shape))):
+            continue
+        if value is None:
+            raise VideoReadError(f"{path}: the stack has {size} {what}s (axes {axes}, shape {shape}); choose one: "
+                                 f"open_video(path, {option}=K) or `--{option} K`")
+        if not 0 <= value < size:
+            raise VideoReadError(f"{path}: {what} {value} does not exist; the stack has {what}s 0 to {size - 1}")
+        fixed[position] = value
+    return fixed
+
+
+def channel_count(path: Path) -> int | None:
+    """The number of channels of a TIFF stack to choose from (None: none to choose, e.g. one channel
+    or RGB)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes, shape = tif.series[0].axes, tuple(tif.series[0].shape)
+    except Exception as exc:  # any parser error: see _files.describe()
+        raise VideoReadError(f"{path}: not a readable TIFF file ({describe(exc)})") from exc
+    position = axes.find("C")
+    if position < 0 or shape[position] == 1 or _rgb_channels(axes, shape):
+        return None
+    return shape[position]
+
+
+class TiffReader:
+    """Frame reader of the first series of a (multi-page) TIFF file; `channel` / `z`: the plane to
+    read where the stack has several."""
+
+    def __init__(self, path: Path, channel: int | None = None, z: int | None = None):
         self.path = path
         self._lock = threading.Lock()
         self._data = None
         try:
             self._tif = tifffile.TiffFile(path)
+        except Exception as exc:  # any parser error: see _files.describe()
+            raise VideoReadError(f"{path}: not a readable TIFF file ({describe(exc)})") from exc
+        try:
             series = self._tif.series[0]
             axes, shape = series.axes, tuple(series.shape)
-            page_shape = tuple(series.keyframe.shape)
-        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
-            raise VideoReadError(f"{path}: not a readable TIFF file ({exc})") from exc
-        layout = _layout(axes, shape)
-        if layout is None:
-            self._tif.close()
-            raise VideoReadError(
-                f"{path}: a TIFF stack with axes {axes} and shape {shape} is not supported. "
-                f"Supported: {SUPPORTED_AXES}. Multi-channel (other than RGB) or multi-dimensional "
-                "stacks (for example T and Z, or several channels) are not: save one channel or "
-                "one plane per time point first (Fiji, or tifffile in Python)."
-            )
-        has_frames, self._channels_first = layout
-        self.n_frames = shape[0] if has_frames else 1
-        self._frame_file_shape = shape[1:] if has_frames else shape
-        self._pages = series.pages
-        n_leading = math.prod(shape[: len(shape) - len(page_shape)])
-        self._pages_per_frame = len(self._pages) // self.n_frames
-        try:
-            if len(self._pages) != n_leading or n_leading % self.n_frames:
+            keyframe = series.keyframe
+            page_shape = tuple(keyframe.shape)
+            check_frame_size(path, int(keyframe.imagelength), int(keyframe.imagewidth))
+            present = sum(page is not None for page in series.pages)
+            if present < len(series.pages):
+                raise VideoReadError(
+                    f"{path}: its metadata declare {len(series.pages):,} pages but the file holds {present:,} "
+                    "(a truncated file, or metadata that do not match the data; resave the stack, e.g. with Fiji)"
+                )
+            n_leading = len(shape) - len(page_shape)
+            fixed = _planes(path, axes, shape, channel, z)
+            kept = [i for i in range(len(shape)) if i not in fixed]
+            layout = _layout("".join(axes[i] for i in kept), tuple(shape[i] for i in kept))
+            if layout is None:
+                raise VideoReadError(
+                    f"{path}: a TIFF stack with axes {axes} and shape {shape} is not supported. "
+                    f"Supported: {SUPPORTED_AXES}; with several channels or z planes, choose one "
+                    "(open_video(path, channel=K, z=K), or --channel / --z)."
+                )
+            has_frames, self._channels_first = layout
+            self.n_frames = shape[kept[0]] if has_frames else 1
+            self._frame_file_shape = tuple(shape[i] for i in kept[1 if has_frames else 0:])
+            self._select = tuple(fixed.get(i, slice(None)) for i in range(len(shape)))
+            self._in_page = self._select[n_leading:]  # the chosen planes of axes within a page
+            self._pages = series.pages
+            if len(self._pages) == math.prod(shape[:n_leading]) and (not has_frames or kept[0] < n_leading):
+                # page numbers of the kept leading axes: (frames, RGB planes) or (RGB planes,)
+                grid = np.arange(len(self._pages)).reshape(shape[:n_leading])[self._select[:n_leading]]
+                self._page_grid = grid if has_frames else grid[None]
+            else:
                 self._data = self._whole_series(series)
             first = self.read(0)
-        except BaseException:
+        except BaseException as exc:
             self._tif.close()
-            raise
+            if isinstance(exc, VideoReadError) or not isinstance(exc, Exception):
+                raise
+            raise VideoReadError(f"{path}: not a readable TIFF file ({describe(exc)})") from exc
         self.frame_shape = first.shape
         self.dtype = first.dtype
         self.frame_names = [f"{t:05d}" for t in range(self.n_frames)]
@@ -86,26 +150,27 @@ class TiffReader:
         except ValueError:
             try:
                 data = series.asarray()
-            except (OSError, ValueError, tifffile.TiffFileError) as exc:
-                raise VideoReadError(f"{self.path}: cannot read the TIFF data ({exc})") from exc
-        return data.reshape((self.n_frames, *self._frame_file_shape))
+            except Exception as exc:  # any parser error: see _files.describe()
+                raise VideoReadError(f"{self.path}: cannot read the TIFF data ({describe(exc)})") from exc
+        return data[self._select].reshape((self.n_frames, *self._frame_file_shape))
 
     def _read_pages(self, t: int) -> np.ndarray:
         if self._data is not None:
             return np.asarray(self._data[t])
-        k = self._pages_per_frame
-        pages = [self._pages[i] for i in range(t * k, (t + 1) * k)]
+        pages = [self._pages[i] for i in np.ravel(self._page_grid[t])]
         if any(page is None for page in pages):
             raise VideoReadError(f"{self.path}: frame {t} is missing (truncated file?)")
-        return np.stack([page.asarray() for page in pages]).reshape(self._frame_file_shape)
+        return np.stack([page.asarray()[self._in_page] for page in pages]).reshape(self._frame_file_shape)
 
     def read(self, t: int) -> np.ndarray:
         """Frame ``t`` as ``(H, W)`` or ``(H, W, 3)`` in its native dtype."""
         with self._lock:
             try:
                 frame = self._read_pages(t)
-            except (OSError, ValueError, tifffile.TiffFileError) as exc:
-                raise VideoReadError(f"{self.path}: cannot read frame {t} ({exc})") from exc
+            except VideoReadError:
+                raise
+            except Exception as exc:  # any parser error: see _files.describe()
+                raise VideoReadError(f"{self.path}: cannot read frame {t} ({describe(exc)})") from exc
         if self._channels_first:
             frame = np.moveaxis(frame, 0, -1)
         if frame.ndim == 3:

@@ -14,7 +14,9 @@ import numpy as np
 from ..errors import VideoReadError
 from ._files import IMAGE_EXTENSIONS, TIFF_EXTENSIONS, VIDEO_EXTENSIONS, image_header, list_files, native, read_image
 from .container import ContainerReader
+from . import tiffstack, zarrstack
 from .tiffstack import TiffReader
+from .zarrstack import ZarrReader, is_zarr
 
 _MAX_RANGE_FRAMES = 16
 _MAX_RANGE_PIXELS = 1 << 20
@@ -225,14 +227,18 @@ class MirrorReader:
 def _supported() -> str:
     return (
         f"video files ({', '.join(VIDEO_EXTENSIONS)}), images ({', '.join(IMAGE_EXTENSIONS)}), "
-        "multi-page TIFF / OME-TIFF stacks, and folders of frame images"
+        "multi-page TIFF / OME-TIFF stacks, Zarr arrays and OME-Zarr images, and folders of frame images"
     )
 
 
 def _open_folder(folder: Path) -> Video:
-    frames = list_files(folder, IMAGE_EXTENSIONS)
-    if not frames and (folder / "frames").is_dir():
-        return _open_folder(folder / "frames")
+    try:
+        frames = list_files(folder, IMAGE_EXTENSIONS)
+        if not frames and (folder / "frames").is_dir():
+            folder = folder / "frames"
+            frames = list_files(folder, IMAGE_EXTENSIONS)
+    except OSError as exc:
+        raise VideoReadError(f"{folder}: the folder cannot be listed ({exc.strerror or exc})") from exc
     if not frames:
         raise VideoReadError(
             f"{folder}: no frames found in this folder (looked for {', '.join(IMAGE_EXTENSIONS)} files)"
@@ -240,24 +246,42 @@ def _open_folder(folder: Path) -> Video:
     return Video(ImageFilesReader(frames), folder)
 
 
-def open_video(path: str | os.PathLike) -> Video:
-    """Open a video file, a folder of frames, a (multi-page) TIFF or a single image, lazily.
+def open_video(path: str | os.PathLike, channel: int | None = None, z: int | None = None) -> Video:
+    """Open a video file, a folder of frames, a (multi-page) TIFF, a Zarr array or OME-Zarr image,
+    or a single image, lazily. `channel` / `z`: the plane of a TIFF or Zarr stack that has several.
 
     A folder holding no images but a ``frames/`` subfolder (a sequence of ours) opens that.
     """
     path = Path(path).expanduser()
     if not path.exists():
+        if path.is_symlink():
+            raise VideoReadError(f"{path}: a symbolic link to nothing (broken, or a loop of links)")
         raise VideoReadError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if is_zarr(path):
+        return Video(ZarrReader(path, channel, z), path)
+    if suffix in TIFF_EXTENSIONS and path.is_file():
+        return Video(TiffReader(path, channel, z), path)
+    if channel is not None or z is not None:
+        raise VideoReadError(f"{path}: a channel or z plane is chosen only in TIFF and Zarr stacks")
     if path.is_dir():
         return _open_folder(path)
-    suffix = path.suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
         return Video(ContainerReader(path), path)
-    if suffix in TIFF_EXTENSIONS:
-        return Video(TiffReader(path), path)
     if suffix in IMAGE_EXTENSIONS:
         return Video(ImageFilesReader([path]), path)
     raise VideoReadError(f"{path}: unsupported file type {suffix or '(no extension)'}; supported: {_supported()}")
+
+
+def channel_count(path: str | os.PathLike) -> int | None:
+    """The number of channels to choose from in a TIFF or Zarr stack (`open_video(path, channel=K)`);
+    None where there is none to choose (one channel, RGB, or another kind of file)."""
+    path = Path(path)
+    if is_zarr(path):
+        return zarrstack.channel_count(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS and path.is_file():
+        return tiffstack.channel_count(path)
+    return None
 
 
 def as_video(obj: Any) -> Video:

@@ -33,23 +33,23 @@ def davis_palette(n: int = 256) -> np.ndarray:
 
 
 def _labels(labels: Any) -> np.ndarray:
-    """Validate a ``(T, H, W)`` volume of non-negative integer ids."""
+    """Validate a ``(T, H, W)`` volume of non-negative integer ids (any, not contiguous)."""
     array = np.asarray(labels)
-    if array.ndim != 3:
-        raise VosEmbedError(f"labels must be a (T, H, W) volume, got shape {array.shape}")
+    if array.ndim != 3 or 0 in array.shape:
+        raise VosEmbedError(f"labels must be a (T, H, W) volume of at least one pixel, got shape {array.shape}")
     if array.dtype.kind == "b":
         return array.astype(np.uint8)
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise VosEmbedError("labels must be integer ids, found fractional values")
     if array.dtype.kind not in "iuf":
         raise VosEmbedError(f"labels must be integer ids, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and np.array_equal(array, np.round(array))):
+        raise VosEmbedError("labels must be integer ids, found fractional or non-finite values")
     if array.size and array.min() < 0:
         raise VosEmbedError(f"labels must be non-negative, found {array.min()}")
     return array
 
 
 @contextlib.contextmanager
-def _atomic(path: Path):
+def atomic(path: Path):
     """Write `path` through a temporary file beside it, moved into place once complete: a crash or
     a full disk mid-write leaves the file as it was (or absent), never half-written. Yields the
     temporary path; an OSError becomes a VosEmbedError naming the file."""
@@ -101,7 +101,7 @@ def write_png_labels(
         image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
         image.putpalette(palette)
         path = out_dir / f"{name}.png"
-        with _atomic(path) as partial:
+        with atomic(path) as partial:
             image.save(partial, format="PNG")
         paths.append(path)
     return paths
@@ -113,9 +113,12 @@ def write_tiff_labels(labels: Any, path: str | os.PathLike, overwrite: bool = Fa
     path = Path(path)
     if path.exists() and not overwrite:
         raise VosEmbedError(f"{path}: the file exists; choose another name or pass overwrite=True")
-    dtype = np.uint16 if not array.size or array.max() <= np.iinfo(np.uint16).max else np.uint32
+    top = int(array.max())
+    if top > np.iinfo(np.uint32).max:
+        raise VosEmbedError(f"label id {top} does not fit a TIFF's 32-bit labels (ids 0..{np.iinfo(np.uint32).max})")
+    dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic(path) as partial:
+    with atomic(path) as partial:
         tifffile.imwrite(partial, array.astype(dtype), photometric="minisblack", compression="zlib",
                          metadata={"axes": "TYX"})
     return path
@@ -175,9 +178,9 @@ def write_ctc(labels: Any, out_dir: str | os.PathLike, overwrite: bool = False) 
     _check_folder(out_dir, overwrite)
     digits = 3 if len(relabelled) <= 1000 else 4
     for t, frame in enumerate(relabelled):
-        with _atomic(out_dir / f"mask{t:0{digits}d}.tif") as partial:
+        with atomic(out_dir / f"mask{t:0{digits}d}.tif") as partial:
             tifffile.imwrite(partial, frame.astype(np.uint16))
     lines = "".join(f"{track} {begin} {end} {parent}\n" for track, begin, end, parent in tracks)
-    with _atomic(out_dir / "res_track.txt") as partial:  # last: a result without it is incomplete
+    with atomic(out_dir / "res_track.txt") as partial:  # last: a result without it is incomplete
         partial.write_text(lines)
     return tracks

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..engine.memory import MemoryModel, check_fits
 from ..errors import MethodError
 from ..progress import Progress, drive
 from ..prompts import Prompts
@@ -66,6 +67,9 @@ class Method:
     session_params: ClassVar[tuple[str, ...] | None] = None
     #: Rank among installed methods for "the best available method" (higher is better).
     quality: ClassVar[int] = 0
+    #: Peak memory of a whole run (`engine.memory`; measured by `vosembed benchmark memory`), checked
+    #: against the memory available when a session opens; None: not checked.
+    memory: ClassVar[MemoryModel | None] = None
 
     @dataclass
     class Params:
@@ -114,6 +118,10 @@ class Method:
         from ..io import as_video
 
         video = as_video(video)
+        if self.memory is not None:
+            n, height, width = len(video), *video.shape[1:3]
+            check_fits(f"{self.title or self.name} on {n} frames of {width} x {height}",
+                       self.memory.estimate(n, height, width))
         shared = dict(shared or {})
         prompt_masks = prompt_masks or next((s.prompt_masks for s in shared.values()), None) or \
             PromptMasks(video, str(self.device))

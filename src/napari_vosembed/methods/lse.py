@@ -35,6 +35,7 @@ from scipy import ndimage
 from ..engine.backbone import get_backbone
 from ..engine.cache import normalized_levels
 from ..engine.confidence import frame_confidence
+from ..engine.memory import MemoryModel
 from ..engine.nets.lse import DEFAULT_NET, GRID, LSENet, crop_embeddings, fuse, grid_shares, jittered, losses
 from ..engine.refine import COLOUR_EPS, GRAY_EPS, guided_filter
 from ..engine.zoom import (CONTEXT, CROP_SIZE, box_in_crop, crop, follow, grown, limited, paste, search_box, tight_box,
@@ -65,6 +66,7 @@ class LSE(Method):
     propagates = True
     tracks_boxes = True
     quality = 2
+    memory = MemoryModel(base_mib=1050, per_frame_mib=0.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:

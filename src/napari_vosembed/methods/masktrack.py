@@ -30,6 +30,7 @@ from ..engine.crf import crf_frame
 from ..engine.deform import coarsen, deform_mask
 from ..engine.flow import Flow, magnitude_video, video_flow
 from ..engine.heads import embed_for_head
+from ..engine.memory import MemoryModel
 from ..engine.nets.masktrack import BOX_NET, DEFAULT_NET, FLOW_NET, MaskTrackNet
 from ..engine.refine import refine_frame
 from ..errors import PromptError
@@ -53,6 +54,7 @@ class MaskTrack(Method):
                    "(prompt model); optional optical-flow branch and dense CRF")
     propagates = True
     quality = 3
+    memory = MemoryModel(base_mib=1000, per_frame_mib=3.0)  # benchmark memory, rounded up
 
     @dataclass
     class Params:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.memory import MemoryModel
 from ..engine.pml_index import (ADAPT_PER_FRAME, ADAPT_WINDOW, CLICK_PROPAGATION, FINETUNE_STEPS, K_CLICK, PMLIndex,
                                 check_adaptation, check_finetune_steps, check_stray_distance, check_weight)
 from ..engine.refine import STRAY_DISTANCE
@@ -32,6 +33,7 @@ class PML(Method):
     interactive = True
     session_params = ("head",)
     quality = 10
+    memory = MemoryModel(base_mib=1000, per_frame_mib=7.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:

@@ -36,6 +36,7 @@ from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.confidence import frame_confidence
 from ..engine.grid import cell_shares
 from ..engine.heads import embed_for_head
+from ..engine.memory import MemoryModel
 from ..engine.pml_index import ADAPT_WINDOW, FINETUNE_STEPS, PMLIndex, check_finetune_steps, check_stray_distance, \
     check_weight
 from ..engine.propagation import SIGMA_DISTANT, propagate, propagate_dense, sample_references
@@ -324,6 +325,7 @@ class TVOS(Method):
     propagates = True
     requires = ("pml",)
     quality = 5
+    memory = MemoryModel(base_mib=800, per_frame_mib=10.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:

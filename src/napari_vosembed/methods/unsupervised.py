@@ -32,6 +32,7 @@ from ..engine.confidence import frame_confidence
 from ..engine.crf import crf_frame
 from ..engine.flow import video_flow
 from ..engine.losses import instance
+from ..engine.memory import MemoryModel
 from ..engine.pml_index import PMLIndex
 from ..engine import seeds as graph
 from ..progress import Progress
@@ -66,6 +67,7 @@ class Unsupervised(Method):
                    "motion find the video's primary object without any prompt")
     needs_prompts = False
     quality = 0
+    memory = MemoryModel(base_mib=1600, per_frame_mib=7.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:

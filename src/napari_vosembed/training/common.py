@@ -15,6 +15,7 @@ import torch
 from ..engine.cache import EmbeddingSettings, Embeddings, embed_video
 from ..engine.heads import MODELS_DIR, Head, record_shipped
 from ..io import list_sequences, mirrored, read_sequence
+from ..io.writers import atomic
 from ..engine.grid import cell_labels
 from ..progress import Progress
 
@@ -100,8 +101,10 @@ def run(data: Path, out: Path, config: TrainConfig, train: Callable, device: str
     if hasattr(head, "scale"):
         meta["temperature"] = 1 / head.scale
     out.parent.mkdir(parents=True, exist_ok=True)
-    head.save(out, config.settings, meta)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    with atomic(out) as partial:  # a killed run leaves the head it was to replace, never half a file
+        head.save(partial, config.settings, meta)
+    with atomic(out.with_suffix(".json")) as partial:
+        partial.write_text(json.dumps(meta, indent=1))
     if out.parent.resolve() == MODELS_DIR.resolve():
         record_shipped(out)
     if plot is not None:

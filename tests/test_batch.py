@@ -1,0 +1,116 @@
+"""`vosembed batch`: every video under a folder on a dask LocalCluster, resumable, a failed video
+reported without losing the others, a killed worker's video done by another."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+
+from napari_vosembed import batch
+from napari_vosembed.cli import main
+from napari_vosembed.errors import VosEmbedError
+from napari_vosembed.io import write_png_labels
+from napari_vosembed.progress import drive
+from napari_vosembed.sample import moving_square
+
+
+def square_sequence(root, name, n=6, step=5):
+    frames, masks = moving_square(n, height=120, width=160, side=40, step=step)
+    (root / name / "frames").mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(root / name / "frames" / f"{t:05d}.jpg")
+    write_png_labels(masks, root / name / "masks")
+
+
+def test_every_kind_of_video_under_the_root_is_found(tmp_path):
+    square_sequence(tmp_path, "seq")
+    (tmp_path / "frames").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "frames" / "0.png")
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 8, 8), np.uint8))
+    zarr.create_array(str(tmp_path / "cells.zarr"), shape=(2, 8, 8), dtype="uint8")
+    (tmp_path / "notes.txt").write_text("not a video")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "empty").mkdir()
+    found = batch.find_videos(tmp_path)
+    assert sorted(found) == ["cells", "clip", "frames", "seq", "stack"]
+    assert found["seq"] == tmp_path / "seq" and found["stack"] == tmp_path / "stack.tif"
+
+
+@pytest.fixture
+def cluster_env(monkeypatch, tmp_path):
+    """Worker processes inherit the environment: their own embedding cache, one thread each."""
+    from napari_vosembed.engine.fetch import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("the ISNet backbone is not cached (run `vosembed fetch-models`)")
+    monkeypatch.setenv("VOSEMBED_EMBEDDINGS_DIR", str(tmp_path / "embeddings"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_a_batch_segments_each_video_reports_a_broken_one_and_resumes(tmp_path, cluster_env, capsys):
+    root, out = tmp_path / "videos", tmp_path / "out"
+    for name, step in (("slow", 4), ("fast", 8)):
+        square_sequence(root, name, step=step)
+    (root / "broken.mp4").write_text("not a video")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert main(["--quiet", "batch", str(root), "--out", str(out), "--method", "pml", "--workers", "2"]) == 1
+    report = json.loads((out / "batch.json").read_text())
+    videos = report["videos"]
+    assert videos["broken"]["status"] == "failed" and "broken.mp4: not a readable video file" in videos["broken"]["error"]
+    for name in ("slow", "fast"):
+        assert videos[name]["status"] == "done" and videos[name]["frames"] == 6
+        assert videos[name]["J&F"] > 80, videos[name]
+        assert len(list((out / name).glob("*.png"))) == 6 and (out / name / "result.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["batch.json", "batch.md", "fast", "slow"]  # no partial
+    assert "| broken | failed: VideoReadError" in (out / "batch.md").read_text()
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    capsys.readouterr()
+
+    (root / "broken.mp4").unlink()
+    report = drive(batch.run(root, out, "pml", workers=1), quiet=True)  # nothing left to do: no cluster started
+    assert {name: r["status"] for name, r in report["videos"].items()} == dict.fromkeys(("fast", "slow"),
+                                                                                          "skipped (done before)")
+
+
+def test_a_killed_worker_hands_its_video_to_another(tmp_path, cluster_env):
+    psutil = pytest.importorskip("psutil")
+    root, out = tmp_path / "videos", tmp_path / "out"
+    for name in ("a", "b", "c"):
+        square_sequence(root, name, n=8)
+    killed = []
+
+    def kill_a_worker():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            busy = [p for p in psutil.Process().children() if p.memory_info().rss > 400 << 20]
+            if busy:  # a worker that has loaded torch and the backbone: mid-task
+                os.kill(busy[0].pid, signal.SIGKILL)
+                killed.append(busy[0].pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    report = drive(batch.run(root, out, "pml", workers=2), quiet=True)
+    killer.join()
+    assert killed, "no worker was killed"
+    assert {name: r["status"] for name, r in report["videos"].items()} == dict.fromkeys("abc", "done")
+    assert all(len(list((out / name).glob("*.png"))) == 8 for name in "abc")
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "batch.json", "batch.md", "c"]
+
+
+def test_a_folder_in_the_way_of_a_result_is_never_replaced(tmp_path):
+    root, out = tmp_path / "videos", tmp_path / "out"
+    square_sequence(root, "left")
+    (out / "left").mkdir(parents=True)
+    (out / "left" / "mine.png").write_bytes(b"the user's")
+    with pytest.raises(VosEmbedError, match=r"out/left: exists but holds no finished result; move it away first"):
+        drive(batch.run(root, out, "pml"), quiet=True)
+    assert (out / "left" / "mine.png").read_bytes() == b"the user's"
