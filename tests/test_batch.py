@@ -39,9 +39,12 @@ def test_every_kind_of_video_under_the_root_is_found(tmp_path):
     (tmp_path / "notes.txt").write_text("not a video")
     (tmp_path / ".hidden").mkdir()
     (tmp_path / "empty").mkdir()
+    davis = tmp_path / "JPEGImages" / "480p" / "bear"
+    davis.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(davis / "00000.jpg")
     found = batch.find_videos(tmp_path)
-    assert sorted(found) == ["cells", "clip", "frames", "seq", "stack"]
-    assert found["seq"] == tmp_path / "seq" and found["stack"] == tmp_path / "stack.tif"
+    assert sorted(found) == ["bear", "cells", "clip", "frames", "seq", "stack"]
+    assert found["seq"] == tmp_path / "seq" and found["stack"] == tmp_path / "stack.tif" and found["bear"] == davis
 
 
 @pytest.fixture
@@ -64,7 +67,8 @@ def test_a_batch_segments_each_video_reports_a_broken_one_and_resumes(tmp_path, 
     assert main(["--quiet", "batch", str(root), "--out", str(out), "--method", "pml", "--workers", "2"]) == 1
     report = json.loads((out / "batch.json").read_text())
     videos = report["videos"]
-    assert videos["broken"]["status"] == "failed" and "broken.mp4: not a readable video file" in videos["broken"]["error"]
+    assert videos["broken"]["status"] == "failed"
+    assert "broken.mp4: not a readable video file" in videos["broken"]["error"]
     for name in ("slow", "fast"):
         assert videos[name]["status"] == "done" and videos[name]["frames"] == 6
         assert videos[name]["J&F"] > 80, videos[name]

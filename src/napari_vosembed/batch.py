@@ -52,7 +52,8 @@ def find_videos(root: Path) -> dict[str, Path]:
     videos = {}
     davis = root / "JPEGImages" / "480p"
     for name in list_sequences(root):
-        videos[name] = davis / name if (davis / name).is_dir() and not (root / name / "frames").is_dir() else root / name
+        ours = (root / name / "frames").is_dir()
+        videos[name] = root / name if ours or not (davis / name).is_dir() else davis / name
     for path in sorted(root.iterdir()):
         if path.name.startswith(".") or path.name in videos or path.name in ("JPEGImages", "Annotations"):
             continue

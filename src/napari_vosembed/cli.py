@@ -253,8 +253,8 @@ def cmd_train(args) -> int:
 
 
 def _plane_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--channel", type=int, help="the channel to segment, in a Zarr image with several")
-    parser.add_argument("--z", type=int, help="the z plane to segment, in a Zarr image with several")
+    parser.add_argument("--channel", type=int, help="the channel to segment, in a TIFF or Zarr stack with several")
+    parser.add_argument("--z", type=int, help="the z plane to segment, in a TIFF or Zarr stack with T and Z")
 
 
 def _config_options(parser: argparse.ArgumentParser, config: type) -> None:

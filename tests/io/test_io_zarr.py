@@ -113,3 +113,10 @@ def test_a_damaged_zarr_store_is_refused(tmp_path):
     (store / "zarr.json").write_text("{ not json")
     with pytest.raises(VideoReadError, match="not a readable Zarr store"):
         open_video(store)
+
+
+def test_ome_metadata_that_make_no_sense_are_refused(tmp_path):
+    group = zarr.open_group(str(tmp_path / "odd.ome.zarr"), mode="w")
+    group.attrs["ome"] = {"multiscales": [{"axes": [{"type": "time"}], "datasets": []}]}
+    with pytest.raises(VideoReadError, match="the OME-Zarr metadata or full resolution cannot be read"):
+        open_video(tmp_path / "odd.ome.zarr")

@@ -2,10 +2,10 @@
 sequences with ground truth.
 
 Everything opens lazily (a dask array that decodes a frame when napari shows it). A TIFF or Zarr
-stack with several channels opens as one Image layer per channel. A sequence folder (`SEQ/frames` + `SEQ/masks`, or DAVIS's `ROOT/JPEGImages/480p/SEQ`) opens as an Image
-layer plus a Labels layer of its ground truth. Folders that are neither a frame folder nor a
-sequence, and TIFFs that are single images or layouts we do not read, get `None`, so that other
-readers can take them.
+stack with several channels opens as one Image layer per channel. A sequence folder (`SEQ/frames` +
+`SEQ/masks`, or DAVIS's `ROOT/JPEGImages/480p/SEQ`) opens as an Image layer plus a Labels layer of
+its ground truth. Folders that are neither a frame folder nor a sequence, and TIFFs that are single
+images or layouts we do not read, get `None`, so that other readers can take them.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 
 from ..errors import VideoReadError
+from . import tiffstack, zarrstack
 from ._files import IMAGE_EXTENSIONS, TIFF_EXTENSIONS, VIDEO_EXTENSIONS, image_header, list_files, native, read_image
 from .container import ContainerReader
-from . import tiffstack, zarrstack
 from .tiffstack import TiffReader
 from .zarrstack import ZarrReader, is_zarr
 

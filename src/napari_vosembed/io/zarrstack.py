@@ -37,14 +37,15 @@ def _image(path: Path):
     if isinstance(node, zarr.Array):
         return node, _named_axes(node)
     attrs = dict(node.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    ome = attrs.get("ome")
+    multiscales = attrs.get("multiscales") or (ome.get("multiscales") if isinstance(ome, dict) else None)
     if multiscales:
-        image = multiscales[0]
-        axes = "".join((a["name"] if isinstance(a, dict) else a)[0].lower() for a in image.get("axes", []))
         try:
+            image = multiscales[0]
+            axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].lower() for a in image.get("axes", []))
             array = node[image["datasets"][0]["path"]]
         except Exception as exc:  # any parser error: see _files.describe()
-            raise VideoReadError(f"{path}: the OME-Zarr image's full resolution cannot be read "
+            raise VideoReadError(f"{path}: the OME-Zarr metadata or full resolution cannot be read "
                                  f"({describe(exc)})") from exc
         return array, axes or _named_axes(array)
     arrays = sorted(name for name, _ in node.arrays())
