@@ -44,7 +44,7 @@ def find_videos(root: Path) -> dict[str, Path]:
     """Every video directly under `root`, by name: sequence folders (frames + masks, or DAVIS's
     layout), frame folders, video files, TIFF stacks and Zarr stores."""
     from .io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_sequences
-    from .io._files import TIFF_EXTENSIONS
+    from .io._files import TIFF_EXTENSIONS, list_files
     from .io.zarrstack import is_zarr
 
     if not root.is_dir():
@@ -59,7 +59,7 @@ def find_videos(root: Path) -> dict[str, Path]:
             continue
         suffix = path.suffix.lower()
         if (path.is_file() and suffix in (*VIDEO_EXTENSIONS, *TIFF_EXTENSIONS)) or is_zarr(path) or (
-                path.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())):
+                path.is_dir() and list_files(path, IMAGE_EXTENSIONS)):
             name = path.stem if path.is_file() or is_zarr(path) else path.name
             videos[name[: -len(".ome")] if name.lower().endswith(".ome") else name] = path
     return videos

@@ -53,6 +53,11 @@ def held_out_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
     parser.add_argument("--sequences", nargs="+", help="sequence names (default: the held-out part of our split)")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    report_arguments(parser)
+
+
+def report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a benchmark writes: its JSON results and the Markdown file whose section it replaces."""
     parser.add_argument("--out", default="benchmarks", help="folder for the JSON results")
     parser.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Benchmark, register_benchmark
+from . import Benchmark, register_benchmark, report_arguments
 
 #: The settings compared: name -> EmbeddingSettings keyword arguments.
 SETTINGS = {
@@ -116,8 +116,7 @@ def _arguments(b) -> None:
     b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     b.add_argument("--warmup", type=int, default=3, help="frames excluded from the median")
-    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose 'embed' section is replaced")
+    report_arguments(b)
 
 
 register_benchmark(Benchmark(

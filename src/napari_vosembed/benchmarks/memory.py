@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import Benchmark, register_benchmark
+from . import Benchmark, register_benchmark, report_arguments
 
 
 def clip_folder(sequence: Path, frames: int, folder: Path) -> None:
@@ -125,8 +125,7 @@ def _arguments(b) -> None:
     b.add_argument("--methods", nargs="+", help="methods (default: every installed one)")
     b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose 'memory' section is replaced")
+    report_arguments(b)
 
 
 register_benchmark(Benchmark(

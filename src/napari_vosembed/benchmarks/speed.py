@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Benchmark, register_benchmark
+from . import Benchmark, register_benchmark, report_arguments
 
 #: The pipelines compared: name -> (precision, frames per network pass; None: the default).
 PIPELINES = {
@@ -211,8 +211,7 @@ def _arguments(b) -> None:
                    help="'tiny': a generated clip and the test backbone (the CI-sized form)")
     b.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose 'speed' section is replaced")
+    report_arguments(b)
 
 
 register_benchmark(Benchmark(

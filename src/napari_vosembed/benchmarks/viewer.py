@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..io import list_sequences, read_sequence
-from . import Benchmark, long_clip, machine, register_benchmark, write_report
+from . import Benchmark, long_clip, machine, register_benchmark, report_arguments, write_report
 
 WIDGET = "Video object segmentation"
 
@@ -105,8 +105,7 @@ def _markdown(p: dict) -> str:
 def _arguments(b) -> None:
     b.add_argument("data", nargs="?", default="../shared/data/davis2016-train", help="root of sequences")
     b.add_argument("--frames", type=int, default=100, help="length of the clip")
-    b.add_argument("--out", default="benchmarks", help="folder for the JSON results")
-    b.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is replaced")
+    report_arguments(b)
 
 
 register_benchmark(Benchmark(

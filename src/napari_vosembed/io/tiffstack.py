@@ -105,8 +105,10 @@ class TiffReader:
             keyframe = series.keyframe
             page_shape = tuple(keyframe.shape)
             check_frame_size(path, int(keyframe.imagelength), int(keyframe.imagewidth))
-            present = sum(page is not None for page in series.pages)
-            if present < len(series.pages):
+            # metadata declaring pages the file lacks (tifffile gives None for them): the last page
+            # tells at once; the count is taken only then (iterating a series otherwise reads every page)
+            if series.pages[len(series.pages) - 1] is None:
+                present = sum(page is not None for page in series.pages)
                 raise VideoReadError(
                     f"{path}: its metadata declare {len(series.pages):,} pages but the file holds {present:,} "
                     "(a truncated file, or metadata that do not match the data; resave the stack, e.g. with Fiji)"

@@ -60,9 +60,14 @@ def channel_count(path: Path) -> int | None:
     """The number of channels of a Zarr image to choose from (None: no channel to choose, e.g. one
     channel or interleaved RGB)."""
     array, axes = _image(path)
-    if "c" not in axes or array.shape[axes.index("c")] == 1 or (axes.endswith("yxc") and array.shape[-1] in (3, 4)):
+    if "c" not in axes or array.shape[axes.index("c")] == 1 or _rgb(axes, array.shape):
         return None
     return array.shape[axes.index("c")]
+
+
+def _rgb(axes: str, shape: tuple[int, ...]) -> bool:
+    """Whether the c axis holds the colours of RGB(A) frames: 3 or 4 of them, after y and x."""
+    return axes.endswith("yxc") and shape[-1] in (3, 4)
 
 
 def _named_axes(array) -> str:
@@ -91,7 +96,7 @@ class ZarrReader:
         for axis, size in zip(axes, shape, strict=True):
             if axis in "yxt":
                 index.append(slice(None))
-            elif axis == "c" and axes.endswith("yxc") and size in (3, 4) and channel is None:
+            elif axis == "c" and channel is None and _rgb(axes, shape):
                 self._rgb = True  # interleaved RGB(A): the frame's colours
                 index.append(slice(0, 3))
             elif axis in "cz":
