@@ -118,3 +118,19 @@ def test_a_folder_in_the_way_of_a_result_is_never_replaced(tmp_path):
     with pytest.raises(VosEmbedError, match=r"out/left: exists but holds no finished result; move it away first"):
         drive(batch.run(root, out, "pml"), quiet=True)
     assert (out / "left" / "mine.png").read_bytes() == b"the user's"
+
+
+def test_a_zarr_store_or_a_long_video_gets_its_labels_written_frame_by_frame(tmp_path, monkeypatch):
+    """Without a cluster: one task as a worker runs it."""
+    root, out = tmp_path / "videos", tmp_path / "out"
+    square_sequence(root, "left")
+    monkeypatch.setattr(batch, "IN_MEMORY_LABELS", 6 * 120 * 160 - 1)  # "left" counts as long
+    result = batch.segment_one(batch.Job("left", str(root / "left"), str(out), "pml", "first-mask", "cpu", 1))
+    stored = zarr.open_array(str(out / "left" / "labels.zarr"))
+    assert stored.shape == (6, 120, 160) and stored.chunks == (1, 120, 160) and result["J&F"] > 80
+    assert json.loads((out / "left" / batch.RESULT).read_text()) == result and not list(out.glob(".*"))
+    frames, _ = moving_square(6, height=120, width=160, side=40, step=5)
+    zarr.create_array(str(root / "cells.zarr"), shape=(6, 120, 160), dtype="uint16")[:] = frames.mean(-1) * 200
+    monkeypatch.setattr(batch, "IN_MEMORY_LABELS", 2**29)
+    batch.segment_one(batch.Job("cells", str(root / "cells.zarr"), str(out), "unsupervised", "none", "cpu", 1))
+    assert zarr.open_array(str(out / "cells" / "labels.zarr")).shape == (6, 120, 160)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_segment_tracks_a_box_with_lse(tmp_path, backbone):
     assert j > 0.7
 
 
-def test_segment_a_chosen_channel_of_a_zarr_time_lapse(tmp_path, backbone):
+def test_segment_a_chosen_channel_of_a_zarr_time_lapse(tmp_path, backbone, capsys):
     """A two-channel Zarr stack (noise, then the object): `--channel 1` segments the object from
     the first frame's mask."""
     import zarr
@@ -152,6 +153,17 @@ def test_segment_a_chosen_channel_of_a_zarr_time_lapse(tmp_path, backbone):
     assert len(labels) == len(masks)
     j = np.mean([((m > 0) & (l > 0)).sum() / ((m > 0) | (l > 0)).sum() for m, l in zip(masks, labels)])
     assert j > 0.7
+    # --format zarr: the labels written into a Zarr store frame by frame, the same labels
+    args = ["segment", str(tmp_path / "cells.zarr"), "--channel", "1", "--mask", f"0={tmp_path / 'mask0.png'}",
+            "--format", "zarr", "--out", str(tmp_path / "labels.zarr")]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"wrote {len(masks)} frames with objects [1] to" in capsys.readouterr().out
+    stored = zarr.open_array(str(tmp_path / "labels.zarr"))
+    assert stored.dtype == np.uint8 and stored.chunks == (1, *masks.shape[1:])
+    assert np.array_equal(stored[:], np.stack(labels))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial store left
+    assert main(args) == 2  # not replaced without --overwrite
 
 
 def test_segment_rejects_a_missing_video(tmp_path, capsys):
@@ -333,3 +345,14 @@ def test_segment_format_geff_writes_the_tracks_beside_the_masks(sample_seq, tmp_
     assert sorted((d["t"], d["x"]) for _, d in graph.nodes(data=True)) == [(t, t + 4.5) for t in range(len(labels))]
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_scale_chooses_the_embedding_scale_of_one_command(sample_seq, capsys, backbone, _isolated_embedding_cache,
+                                                          monkeypatch):
+    monkeypatch.delenv("VOSEMBED_SCALE", raising=False)
+    assert main(["--quiet", "embed", str(sample_seq), "--prompt-model", "none", "--scale", "0.25"]) == 0
+    scales = {json.loads(p.read_text())["settings"]["scale"] for p in _isolated_embedding_cache.glob("*/meta.json")}
+    assert scales == {0.25} and "VOSEMBED_SCALE" not in os.environ  # for that command only
+    assert main(["--quiet", "embed", str(sample_seq), "--scale", "0"]) == 2
+    assert "--scale is the factor frames are resized by before the network, a number above 0 and at most 4" in \
+        capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 The same code runs on a LocalCluster (the default) and on any cluster a scheduler address points
 to (for example one started with dask-jobqueue on SLURM). Each video's labels are written to a
-temporary folder and moved into place once complete, with a `result.json` beside them; a video
+temporary folder and moved into place once complete, with a `result.json` beside them: indexed
+PNGs, or `labels.zarr`, written frame by frame as the run goes, for a Zarr store and for a video
+too long to hold its labels in memory; a video
 whose result exists is skipped, so a stopped batch resumes. A video that fails is retried, then
 reported, and never stops the others; a worker that dies hands its video to another worker.
 """
@@ -10,6 +12,7 @@ reported, and never stops the others; a worker that dies hands its video to anot
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -24,6 +27,8 @@ from .progress import Progress
 #: What `--prompts` can take: the first annotated frame's ground-truth mask, or nothing.
 PROMPTS = ("first-mask", "none")
 RESULT = "result.json"
+#: Labels of more pixels than this (512 MB as uint8) are written frame by frame into a Zarr store.
+IN_MEMORY_LABELS = 2**29
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ def segment_one(job: Job) -> dict:
     import numpy as np
     import torch
 
-    from .io import open_video, read_sequence, write_png_labels, write_tiff_labels
+    from .io import open_video, read_sequence, write_png_labels, write_tiff_labels, zarr_labels
+    from .io.zarrstack import is_zarr
     from .methods import get_method, iter_segment
     from .metrics import evaluate_sequence, summarize
     from .progress import drive
@@ -95,19 +101,31 @@ def segment_one(job: Job) -> dict:
             raise VosEmbedError(f"{path}: --prompts first-mask, but the video has no annotated frame (a sequence "
                                 "folder with masks/)")
         prompts.add_mask(first, truth[first])
-    labels = drive(iter_segment(video, prompts, job.method, job.device, **dict(job.params)), quiet=True)
-    result = {"video": str(path), "frames": len(video), "seconds": round(time.perf_counter() - start, 2),
-              "method": job.method}
-    if truth is not None and any(m is not None for m in truth):
-        pairs = [(labels[t], m) for t, m in enumerate(truth) if m is not None]
-        scores = summarize({job.name: evaluate_sequence([p for p, _ in pairs], [g for _, g in pairs])})["global"]
-        result["J&F"] = round(100 * scores["J&F-Mean"], 2)
+
+    def summary(labels) -> dict:
+        """The video's result: frames, seconds and, against its ground truth, J&F."""
+        result = {"video": str(path), "frames": len(video), "seconds": round(time.perf_counter() - start, 2),
+                  "method": job.method}
+        if truth is not None and any(m is not None for m in truth):
+            pairs = [(labels[t], m) for t, m in enumerate(truth) if m is not None]
+            scores = summarize({job.name: evaluate_sequence([p for p, _ in pairs], [g for _, g in pairs])})["global"]
+            result["J&F"] = round(100 * scores["J&F-Mean"], 2)
+        return result
+
     partial = out / f".{job.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        if int(np.max(labels)) <= 255:
-            write_png_labels(labels, partial, video.frame_names)
+        shape = (len(video), *video.shape[1:3])
+        if is_zarr(path) or math.prod(shape) > IN_MEMORY_LABELS:  # written frame by frame as the run goes
+            with zarr_labels(partial / "labels.zarr", shape, max([*prompts.object_ids, 1])) as stored:
+                result = summary(drive(iter_segment(video, prompts, job.method, job.device, stored,
+                                                    **dict(job.params)), quiet=True))
         else:
-            write_tiff_labels(labels, partial / "labels.tif")
+            labels = drive(iter_segment(video, prompts, job.method, job.device, **dict(job.params)), quiet=True)
+            if int(np.max(labels)) <= 255:
+                write_png_labels(labels, partial, video.frame_names)
+            else:
+                write_tiff_labels(labels, partial / "labels.tif")
+            result = summary(labels)
         (partial / RESULT).write_text(json.dumps(result, indent=1))
         os.replace(partial, out / job.name)  # an empty or absent folder of that name: only ours get there
     finally:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,10 +101,19 @@ def write_labels(labels: np.ndarray, out: Path, frame_names, fmt: str, overwrite
         write_ctc(labels, out, overwrite=overwrite)
 
 
+def zarr_target(out: Path) -> Path:
+    """The Zarr store of `--format zarr`: `--out` itself when it ends in .zarr, else OUT/labels.zarr."""
+    return out if out.suffix.lower() == ".zarr" else out / "labels.zarr"
+
+
 def check_out(out: Path, fmt: str, overwrite: bool) -> None:
     """Refuse, before any work, an `--out` that holds results unless `--overwrite` is given."""
     target = out / "labels.tif" if fmt == "tiff" and out.suffix.lower() not in (".tif", ".tiff") else out
     if overwrite:
+        return
+    if fmt == "zarr" and zarr_target(out).exists():
+        raise VosEmbedError(f"--out {out}: {zarr_target(out)} exists; choose another --out or add --overwrite")
+    if fmt == "zarr":
         return
     if fmt == "tiff" and target.exists():
         raise VosEmbedError(f"--out {out}: {target} exists; choose another --out or add --overwrite")
@@ -125,10 +136,19 @@ def cmd_segment(args) -> int:
     params = _parse_params(args.param)
     if args.prompt_model is not None:
         params["prompt_model"] = args.prompt_model
-    labels = drive(iter_segment(video, prompts, args.method, args.device, **params), args.quiet)
-    write_labels(labels, Path(args.out), video.frame_names, args.format, args.overwrite)
-    objects = sorted(int(v) for v in np.unique(labels) if v)
-    print(f"wrote {len(labels)} frames with objects {objects} to {args.out}")
+    if args.format == "zarr":
+        from .io import zarr_labels
+
+        target = zarr_target(Path(args.out))
+        top = max([*prompts.object_ids, 1])
+        with zarr_labels(target, (len(video), *video.shape[1:3]), top, args.overwrite) as out:
+            labels = drive(iter_segment(video, prompts, args.method, args.device, out, **params), args.quiet)
+            objects = sorted(set().union(*(np.unique(labels[t]).tolist() for t in range(len(video)))) - {0})
+    else:
+        labels = drive(iter_segment(video, prompts, args.method, args.device, **params), args.quiet)
+        write_labels(labels, Path(args.out), video.frame_names, args.format, args.overwrite)
+        objects = sorted(int(v) for v in np.unique(labels) if v)
+    print(f"wrote {len(video)} frames with objects {objects} to {args.out}")
     return 0
 
 
@@ -255,6 +275,9 @@ def cmd_train(args) -> int:
 def _plane_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", type=int, help="the channel to segment, in a TIFF or Zarr stack with several")
     parser.add_argument("--z", type=int, help="the z plane to segment, in a TIFF or Zarr stack with T and Z")
+    parser.add_argument("--scale", help="resize frames by this factor before the network (default: a size of about "
+                        "320 x 320 pixels; 0.5 keeps cell-level detail in 2048 x 2048 frames, which are then "
+                        "embedded in tiles); sets VOSEMBED_SCALE for the run")
 
 
 def _config_options(parser: argparse.ArgumentParser, config: type) -> None:
@@ -297,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     _plane_options(p)
     p.add_argument("--method", default=None,
                    help=f"segmentation method (installed: {', '.join(methods) or 'none yet'}; default: the best)")
-    p.add_argument("--out", required=True, help="output folder (or .tif file with --format tiff)")
+    p.add_argument("--out", required=True, help="output folder (or .tif file with --format tiff, .zarr store with "
+                   "--format zarr)")
     p.add_argument("--mask", action="append", metavar="FRAME=PNG",
                    help="label image of a frame, e.g. 0=masks/00000.png (0 = background); repeatable")
     p.add_argument("--points", metavar="CSV", help="clicks: a CSV with columns frame,y,x,label (label 0 = negative)")
@@ -308,9 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clicks and boxes become object masks on their frame through the promptable mask model "
                         "(the default of the methods that read them), or are read as clicked pixels ('none')")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter; repeatable")
-    p.add_argument("--format", default="png", choices=["png", "tiff", "ctc", "geff"],
-                   help="indexed PNG per frame (DAVIS palette), one multi-page TIFF, Cell Tracking Challenge, or "
-                        "the tracks as a GEFF graph (tracks.geff) beside the masks (labels.tif)")
+    p.add_argument("--format", default="png", choices=["png", "tiff", "ctc", "geff", "zarr"],
+                   help="indexed PNG per frame (DAVIS palette), one multi-page TIFF, Cell Tracking Challenge, "
+                        "the tracks as a GEFF graph (tracks.geff) beside the masks (labels.tif), or a Zarr array "
+                        "written frame by frame as the run goes (for long videos: the labels are never all in "
+                        "memory)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     p.set_defaults(func=cmd_segment)
 
@@ -398,12 +424,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _scale(value: str | None):
+    """VOSEMBED_SCALE set to `--scale` while a command runs (`EmbeddingSettings.scale`)."""
+    if value is None:
+        yield
+        return
+    from .engine.cache import check_scale
+
+    before = os.environ.get("VOSEMBED_SCALE")
+    os.environ["VOSEMBED_SCALE"] = repr(check_scale(value, "--scale"))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["VOSEMBED_SCALE"]
+        else:
+            os.environ["VOSEMBED_SCALE"] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded with what it makes (the training record's command)
     try:
-        return args.func(args)
+        with _scale(getattr(args, "scale", None)):
+            return args.func(args)
     except VosEmbedError as err:
         print(f"vosembed {args.command}: error: {err}", file=sys.stderr)
         return 2

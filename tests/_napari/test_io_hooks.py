@@ -46,8 +46,8 @@ def test_reader_declines_what_it_does_not_read(tmp_path):
     write_frames(davis / "JPEGImages" / "480p" / "bear")
     (davis / "Annotations" / "480p" / "bear").mkdir(parents=True)
     tifffile.imwrite(tmp_path / "one.tif", np.zeros((24, 32), np.uint16))  # a single image
-    tifffile.imwrite(tmp_path / "czyx.tif", np.zeros((2, 3, 5, 24, 32), np.uint16),
-                     metadata={"axes": "TCZYX"})  # a layout we do not read
+    tifffile.imwrite(tmp_path / "czyx.tif", np.zeros((3, 5, 24, 32), np.uint16),
+                     metadata={"axes": "CZYX"})  # one time point of each plane: no time-lapse
     (tmp_path / "movie.txt").write_text("not a video")
     for name in ("empty", "notes", "DAVIS", "DAVIS/JPEGImages", "one.tif", "czyx.tif", "movie.txt", "missing"):
         assert get_reader(str(tmp_path / name)) is None, name
@@ -210,3 +210,25 @@ def test_a_two_channel_tiff_time_lapse_opens_one_layer_per_channel(make_napari_v
     assert [layer.name for layer in layers] == ["cells c0", "cells c1"]
     assert int(np.asarray(layers[1].data[3])[0, 0]) == 13 and layers[1].metadata[L.PLANE_KEY] == {"channel": 1}
     assert int(L.image_video(layers[0])[2][0, 0]) == 2
+
+
+@pytest.mark.parametrize("kind", ["zarr", "tiff"])
+def test_a_time_lapse_with_channels_and_z_planes_opens_one_layer_per_plane(make_napari_viewer, tmp_path, kind):
+    """T x C x Z x Y x X: a lazy layer per channel and z plane, each re-opening its own plane."""
+    import zarr
+
+    data = np.zeros((3, 2, 4, 16, 20), np.uint16)
+    for c in range(2):
+        for z in range(4):
+            data[:, c, z] = 100 * c + 10 * z + np.arange(3, dtype=np.uint16)[:, None, None]
+    if kind == "zarr":
+        path = tmp_path / "stack.zarr"
+        zarr.create_array(str(path), shape=data.shape, dtype="uint16", dimension_names=list("tczyx"))[:] = data
+    else:
+        path = tmp_path / "stack.ome.tif"
+        tifffile.imwrite(path, data, metadata={"axes": "TCZYX"})
+    layers = make_napari_viewer().open(str(path), plugin="napari-vosembed")
+    assert [layer.name for layer in layers] == [f"stack c{c} z{z}" for c in range(2) for z in range(4)]
+    c1z2 = layers[6]
+    assert c1z2.metadata[L.PLANE_KEY] == {"channel": 1, "z": 2} and int(np.asarray(c1z2.data[2])[0, 0]) == 122
+    assert int(L.image_video(c1z2)[1][0, 0]) == 121

@@ -192,7 +192,7 @@ def test_the_adaptation_and_finetuning_settings_of_the_dock_reach_the_segmentati
     predict_all, finetuned = PMLIndex.predict_all, PMLIndex.finetuned
 
     def recording(session, *args, **kwargs):
-        options = {k: v for k, v in kwargs.items() if k != "confidence"}  # the session's per-frame record
+        options = {k: v for k, v in kwargs.items() if k not in ("confidence", "out")}  # per-frame records
         calls.append((args or options, [step for step, _ in session.finetune_history]))
         return predict_all(session, *args, **kwargs)
 

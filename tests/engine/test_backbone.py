@@ -213,3 +213,24 @@ def test_the_prompt_encoder_backbone_keeps_the_frame_and_drops_the_padding(monke
     assert feature.shape == (6, 16)
     dark = float(np.mean(-prompt_model.PIXEL_MEAN / prompt_model.PIXEL_STD))  # a black pixel; the padding is 0
     assert feature[:2].min() > 0.5 and torch.allclose(feature[-2:], torch.full_like(feature[-2:], dark), atol=0.05)
+
+
+@pytest.mark.parametrize("size", [100, 512, 513, 1100, 2048])
+def test_tiles_cover_the_image_once_on_the_coarsest_grid(size):
+    spans = bb.tile_spans(size, 512, 64)
+    owned = [(a, b) for _, _, a, b in spans]
+    assert owned[0][0] == 0 and owned[-1][1] == size
+    assert all(b == c for (_, b), (c, _) in zip(owned, owned[1:]))  # a partition, in order
+    for start, stop, own_start, own_stop in spans:
+        assert stop - start <= 512 and start % 32 == 0 and own_start % 32 == 0
+        assert (own_start - start >= 32 or start == 0) and (stop - own_stop >= 32 or stop == size)
+
+
+def test_a_large_image_embedded_in_tiles_has_the_whole_image_features():
+    tiny = bb.TinyBackbone()
+    images = _images(200, 304, batch=2)  # whole cells: the tiny backbone's mean colour pools by cell
+    whole, tiles = tiny(images), bb.tiled(tiny, images, 64)  # 4 x 6 tiles of 64 pixels
+    assert tiles.features.keys() == whole.features.keys() and tiles.saliency.shape == whole.saliency.shape
+    for stride in whole.features:
+        assert torch.allclose(tiles.features[stride], whole.features[stride], atol=1e-5)
+    assert torch.equal(bb.tiled(tiny, images, 512).features[8], whole.features[8])  # one tile: the whole image

@@ -154,3 +154,28 @@ def test_a_failing_frame_read_stops_the_stream_with_its_error(monkeypatch):
     monkeypatch.setattr(type(video), "__getitem__", original)
     resumed = drive(embed_video(video, TINY, device="cpu", batch_size=2), quiet=True)
     assert resumed.complete and resumed.computed == 3
+
+
+def test_a_chosen_scale_comes_from_vosembed_scale_and_is_checked(monkeypatch):
+    monkeypatch.delenv("VOSEMBED_SCALE", raising=False)
+    assert EmbeddingSettings().resolve(2048, 2048).scale == 0.125  # about 320 x 320 pixels
+    monkeypatch.setenv("VOSEMBED_SCALE", "0.5")
+    assert EmbeddingSettings().resolve(2048, 2048).scale == 0.5
+    assert EmbeddingSettings(scale=1.0).resolve(2048, 2048).scale == 1.0  # a scale given wins
+    for bad in ("zero", "0", "-1", "9"):
+        monkeypatch.setenv("VOSEMBED_SCALE", bad)
+        with pytest.raises(VosEmbedError, match=f"VOSEMBED_SCALE is the factor .* not '{bad}'"):
+            EmbeddingSettings().resolve(100, 100)
+
+
+def test_frames_larger_than_a_tile_are_embedded_in_tiles_under_their_own_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOSEMBED_EMBEDDINGS_DIR", str(tmp_path))
+    frames = np.random.default_rng(0).integers(0, 255, (3, 64, 96, 3), dtype=np.uint8)
+    whole = drive(embed_video(frames, TINY), quiet=True)
+    tiles = drive(embed_video(frames, dataclasses.replace(TINY, tile=32)), quiet=True)  # 3 x 5 tiles
+    assert tiles.path != whole.path and tiles.computed == 3  # not the whole frames' entry
+    for level in whole.levels:
+        np.testing.assert_allclose(tiles.levels[level][:].astype(np.float32),
+                                   whole.levels[level][:].astype(np.float32), atol=2e-3)
+    unsplit = drive(embed_video(frames, dataclasses.replace(TINY, tile=128)), quiet=True)
+    assert unsplit.path == whole.path and unsplit.computed == 0  # a tile the frames fit: the same entry

@@ -311,16 +311,16 @@ def test_finetuning_on_the_mask_separates_what_the_head_confused():
     s = random_head_session(frames)
     s.add_prompts(Prompts().add_mask(0, obj[0]), group=7)
     weights = [p.clone() for p in s.head.parameters()]
-    embedded, pool_size = s._pixel_embeddings.copy(), len(s.pool)
+    embedded, pool_size = np.array(s._pixel_embeddings[:]), len(s.pool)
     before = drive(s.predict_all(online_adaptation=False, finetune_steps=0), quiet=True)
     tuned = drive(s.finetuned(100, 1e-2), quiet=True)
     after = drive(tuned.predict_all(online_adaptation=False, finetune_steps=0), quiet=True)
     j = [np.mean([db_eval_iou(obj[t] == 1, labels[t] == 1) for t in range(len(frames))]) for labels in (before, after)]
     assert j[0] < 0.5 and j[1] > 0.85
     assert tuned.finetune_history[-1][1] < tuned.finetune_history[0][1]
-    assert len(tuned.pool) == pool_size and not np.array_equal(tuned._pixel_embeddings, embedded)
+    assert len(tuned.pool) == pool_size and not np.array_equal(tuned._pixel_embeddings[:], embedded)
     assert all(torch.equal(a, b) for a, b in zip(weights, s.head.parameters()))
-    assert np.array_equal(s._pixel_embeddings, embedded) and s.remove_group(7) == pool_size
+    assert np.array_equal(s._pixel_embeddings[:], embedded) and s.remove_group(7) == pool_size
 
 
 def test_finetuning_without_a_head_a_mask_or_steps_is_refused():

@@ -1,5 +1,6 @@
 import numpy as np
 
+from napari_vosembed.engine import refine
 from napari_vosembed.engine.refine import drop_stray_regions
 
 LABELS = np.array([0, 1, 2])
@@ -57,3 +58,14 @@ def test_each_object_is_held_to_its_own_previous_cells():
     cleared = drop_stray_regions(scores, previous, label_values=LABELS, distance=3)
     assert np.array_equal(cleared, (winners == 2) & (np.arange(30) < 10))
     assert (scores.argmax(-1)[6:9, 3:6] == 1).all() and (scores.argmax(-1)[2:5, 23:26] == 2).all()
+
+
+def test_many_labels_are_refined_a_few_at_a_time_with_the_same_labels(monkeypatch):
+    rng = np.random.default_rng(3)
+    scores = rng.random((12, 16, 9)).astype(np.float32)
+    guide = rng.random((96, 128)).astype(np.float32)
+    values = np.arange(9) * 3
+    whole = refine.refine_labels(scores, values, 8, (96, 128), guide, 4, 1e-3)
+    monkeypatch.setattr(refine, "LABEL_CHUNK_BYTES", 2 * 4 * 96 * 128)  # two labels at a time
+    assert np.array_equal(refine.refine_labels(scores, values, 8, (96, 128), guide, 4, 1e-3), whole)
+    assert len(np.unique(whole)) > 4

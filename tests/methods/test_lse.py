@@ -3,12 +3,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from napari_vosembed.engine.cache import EmbeddingSettings
 from napari_vosembed.engine.nets.lse import LSENet, fuse, losses, positions, similarity, targets
 from napari_vosembed.errors import PromptError
 from napari_vosembed.methods import available_methods, get_method
-from napari_vosembed.methods.lse import Sample, tracked_boxes
+from napari_vosembed.methods.lse import Sample, frame_boxes
 from napari_vosembed.progress import drive
 from napari_vosembed.prompts import Prompts
 from napari_vosembed.sample import moving_square
@@ -112,6 +113,10 @@ def test_lse_is_registered_tracks_several_boxes_and_reports_their_boxes(tiny_net
     assert not out[0][~inside].any()
     assert set(s.boxes) == {1, 2} and s.boxes[1].shape == (6, 4)
     assert s.confidence.shape == (6,) and np.isfinite(s.confidence).all()
+    boxes = {v: b.copy() for v, b in s.boxes.items()}
+    stored = zarr.create_array(zarr.storage.MemoryStore(), shape=out.shape, chunks=(1, *out.shape[1:]), dtype="uint8")
+    assert drive(s.segment(prompts, out=stored), quiet=True) is stored  # the labels written frame by frame
+    assert np.array_equal(stored[:], out) and all(np.array_equal(s.boxes[v], boxes[v], equal_nan=True) for v in boxes)
     with pytest.raises(PromptError, match="frame 3 has no box"):
         drive(s.segment(prompts, start=3, direction=1), quiet=True)
     one_way = drive(s.segment(prompts, start=0, direction=1), quiet=True)
@@ -125,13 +130,11 @@ def test_lse_refuses_prompts_without_an_object(tiny_net):
         drive(s.segment(Prompts().add_point(0, 40, 40, 1)), quiet=True)
 
 
-def test_tracked_boxes_are_the_tight_boxes_of_each_label():
-    labels = np.zeros((2, 10, 12), np.uint8)
-    labels[0, 2:5, 3:9] = 1
-    labels[1, 6:8, 0:2] = 2
-    boxes = tracked_boxes(labels, np.array([1, 2]))
-    assert boxes[1][0].tolist() == [2, 3, 5, 9] and np.isnan(boxes[1][1]).all()
-    assert boxes[2][1].tolist() == [6, 0, 8, 2] and np.isnan(boxes[2][0]).all()
+def test_frame_boxes_are_the_tight_boxes_of_the_labels_present():
+    labels = np.zeros((10, 12), np.uint8)
+    labels[2:5, 3:9] = 1
+    labels[6:8, 0:2] = 3
+    assert frame_boxes(labels) == {1: (2, 3, 5, 9), 3: (6, 0, 8, 2)}
 
 
 def test_the_prescan_adapts_again_on_the_first_pass_pseudo_labels(tiny_net):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import zarr
 import torch.nn.functional as F
 
 from napari_vosembed.engine.cache import EmbeddingSettings, embed_video
@@ -58,6 +59,9 @@ def test_masktrack_is_registered_and_propagates_through_its_session(clip, tiny_n
     with pytest.raises(PromptError, match="frame 3 has no mask"):
         drive(s.segment(Prompts().add_mask(1, masks[1]), start=3, direction=1), quiet=True)
     one_way = drive(s.segment(Prompts().add_mask(1, masks[1]), start=1, direction=1), quiet=True)
+    stored = zarr.create_array(zarr.storage.MemoryStore(), shape=out.shape, chunks=(1, *out.shape[1:]), dtype="uint8")
+    drive(s.segment(Prompts().add_mask(1, masks[1]), out=stored), quiet=True)  # the labels written frame by frame
+    assert np.array_equal(stored[:], out)
     assert not one_way[0].any()  # frames before the start are left alone
 
 

@@ -190,7 +190,7 @@ def test_the_fast_path_agrees_with_the_dense_affinity():
     for t in range(1, len(masks)):
         refs = dense.references(t, t, 1, [0])
         keys = torch.stack([dense.frame_embedding(r) for r, _ in refs])
-        ref_labels = torch.stack([dense.labels[r] for r, _ in refs])
+        ref_labels = torch.stack([dense.reference_labels(r) for r, _ in refs])
         sigmas = torch.tensor([s for _, s in refs])
         args = (dense.frame_embedding(t), keys, ref_labels, sigmas, dense.grid, dense.scale)
         a, b = propagate_dense(*args), propagate(*args)

@@ -53,12 +53,12 @@ def _has_frames(folder: Path) -> bool:
 
 
 def _tiff_is_a_stack(path: Path) -> bool:
-    """A TIFF we read as a video: a supported layout with more than one frame (of its first channel,
-    where it has several)."""
-    from ..io import channel_count, open_video
+    """A TIFF we read as a video: a supported layout with more than one frame (of its first channel
+    and z plane, where it has several)."""
+    from ..io import channel_count, open_video, z_count
 
     try:
-        with open_video(path, channel=0 if channel_count(path) else None) as video:
+        with open_video(path, channel=0 if channel_count(path) else None, z=0 if z_count(path) else None) as video:
             return len(video) > 1
     except VosEmbedError:
         return False
@@ -101,8 +101,8 @@ def get_reader(path):
 
 
 def read(path):
-    """Layer data of `path`: an Image layer (one per channel of a stack with several), plus a Labels
-    layer of ground truth for sequences."""
+    """Layer data of `path`: an Image layer (one per channel and z plane of a stack with several),
+    plus a Labels layer of ground truth for sequences."""
     from ..io import read_sequence
 
     if isinstance(path, (list, tuple)):
@@ -125,21 +125,21 @@ def read(path):
         name = p.stem  # cells.ome.tif, cells.ome.zarr -> cells
         if p.suffix.lower() in (*TIFF_EXTENSIONS, ".zarr") and name.lower().endswith(".ome"):
             name = name[: -len(".ome")]
-        return [image_layer_data(video, f"{name} c{plane['channel']}" if plane else name, plane)
-                for video, plane in channel_planes(p)]
+        return [image_layer_data(video, " ".join([name, *(f"{k[0]}{v}" for k, v in plane.items())]), plane)
+                for video, plane in planes(p)]
     except VosEmbedError as err:
         raise ValueError(str(err)) from err
 
 
-def channel_planes(path: Path) -> list:
-    """(video, plane) of each channel of a TIFF or Zarr stack with several (plane: {"channel": K}),
-    else [(video, {})]: one Image layer per channel."""
-    from ..io import channel_count, open_video
+def planes(path: Path) -> list:
+    """(video, plane) of each channel and z plane of a TIFF or Zarr stack with several (plane:
+    {"channel": K, "z": K}, what it has), else [(video, {})]: one lazy Image layer per time-lapse."""
+    from ..io import channel_count, open_video, z_count
 
-    n = channel_count(path)
-    if n is None:
-        return [(open_video(path), {})]
-    return [(open_video(path, channel=k), {"channel": k}) for k in range(n)]
+    choices = [[{name: k} for k in range(n)] if n else [{}]
+               for name, n in (("channel", channel_count(path)), ("z", z_count(path)))]
+    chosen = [{**c, **z} for c in choices[0] for z in choices[1]]
+    return [(open_video(path, **plane), plane) for plane in chosen]
 
 
 def image_layer_data(video, name, plane: dict | None = None):

@@ -92,7 +92,7 @@ def fast_vs_dense(session: TVOSPropagator, frames: list[int], device: str) -> di
     for t in frames:
         refs = session.references(t, t, 1, [0])
         keys = torch.stack([session.frame_embedding(r) for r, _ in refs]).to(device)
-        labels = torch.stack([session.labels[r] for r, _ in refs]).to(device)
+        labels = torch.stack([session.reference_labels(r) for r, _ in refs]).to(device)
         args = (session.frame_embedding(t).to(device), keys, labels, torch.tensor([s for _, s in refs]),
                 session.grid, session.scale)
         results = []

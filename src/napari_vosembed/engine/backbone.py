@@ -348,3 +348,51 @@ def get_backbone(name: str | Path, device: str | torch.device = "auto", stride: 
     if path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript"):
         return TorchScriptBackbone(path, stride, device=device, precision=precision)
     raise ModelFileError(f"{path}: unknown network format {path.suffix!r}; use TorchScript (.pt) or ONNX (.onnx).")
+
+
+def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Overlapping tiles of at most `tile` pixels covering `size`: (start, stop, own start, own
+    stop) each, where the owned parts partition [0, size) and each lies `overlap` / 2 or more inside
+    its tile (but at the image's edges). Starts and owned bounds are multiples of `overlap` / 2."""
+    if size <= tile:
+        return [(0, size, 0, size)]
+    step, half = tile - overlap, overlap // 2
+    starts = [0]
+    while starts[-1] + tile < size:
+        starts.append(starts[-1] + step)
+    bounds = [0, *(s + half for s in starts[1:]), size]
+    return [(s, min(s + tile, size), bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
+
+
+def tiled(backbone: Backbone, images: torch.Tensor, tile: int) -> BackboneOutput:
+    """`backbone(images)` for images larger than `tile` x `tile` pixels, run tile by tile: tiles
+    overlapping by two cells of the coarsest stride, each giving the maps of its part of the image
+    away from its borders (tiles start on the coarsest grid, so every map's cells line up). Bounds
+    a pass's memory whatever the image size; the maps match the whole image's where the network
+    sees no farther than a cell of the coarsest stride past a tile's part."""
+    height, width = images.shape[2:]
+    if height <= tile and width <= tile:
+        return backbone(images)
+    align = max(backbone.strides)
+    tile = max(tile // align * align, 4 * align)
+    features: dict[int, torch.Tensor] = {}
+    saliency = None
+    for y0, y1, oy0, oy1 in tile_spans(height, tile, 2 * align):
+        for x0, x1, ox0, ox1 in tile_spans(width, tile, 2 * align):
+            out = backbone(images[:, :, y0:y1, x0:x1])
+
+            def place(full: torch.Tensor, part: torch.Tensor, stride: int) -> None:
+                """The tile's own part of a map at `stride` into the whole image's map."""
+                rows, cols = slice(oy0 // stride, -(-oy1 // stride)), slice(ox0 // stride, -(-ox1 // stride))
+                full[:, :, rows, cols] = part[:, :, rows.start - y0 // stride:rows.stop - y0 // stride,
+                                              cols.start - x0 // stride:cols.stop - x0 // stride]
+
+            for stride, part in out.features.items():
+                if stride not in features:
+                    features[stride] = part.new_empty((*part.shape[:2], *feature_size(height, width, stride)))
+                place(features[stride], part, stride)
+            if out.saliency is not None:
+                if saliency is None:
+                    saliency = out.saliency.new_empty((*out.saliency.shape[:2], height, width))
+                place(saliency, out.saliency, 1)
+    return BackboneOutput(features, saliency)

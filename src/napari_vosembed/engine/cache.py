@@ -35,8 +35,9 @@ import torch.nn.functional as F
 
 from ..errors import ResourceError, VosEmbedError
 from ..progress import Progress
-from .backbone import feature_size, get_backbone, resolve_device, resolve_precision
+from .backbone import feature_size, get_backbone, resolve_device, resolve_precision, tiled
 from .fetch import cache_dir
+from .frames import FrameArray, release
 
 FORMAT_VERSION = 2
 _HASH_BLOCK = 1 << 22
@@ -46,10 +47,12 @@ _HASH_BLOCK = 1 << 22
 class EmbeddingSettings:
     """What to compute and keep.
 
-    scale: frames are resized by this factor before the backbone; None (default) picks it per
-        video so that the backbone sees about `working_pixels` pixels, in steps of 1/8 and never
-        upsampling: 0.5 for 480p (a stride-8 grid at a quarter of the work of full size, see
-        docs/benchmarks.md), 1 for small clips, 0.625 for 512x512 microscopy.
+    scale: frames are resized by this factor before the backbone; None (default): the
+        environment's VOSEMBED_SCALE when set (more detail in large frames: 0.5 gives a 2048 x 2048
+        frame a grid of 8 pixels), else picked per video so that the backbone sees about
+        `working_pixels` pixels, in steps of 1/8 and never upsampling: 0.5 for 480p (a stride-8
+        grid at a quarter of the work of full size, see docs/benchmarks.md), 1 for small clips,
+        0.625 for 512x512 microscopy, 0.25 for 1024 x 1024.
     levels: backbone strides whose features are kept, each L2-normalised per pixel and stored at
         its own resolution; `Embeddings.frame_features` upsamples the coarser ones to the finest
         and concatenates them. Strides 4 to 32 retrieve far better than 4 and 8 alone.
@@ -61,6 +64,9 @@ class EmbeddingSettings:
         bfloat16 units, `backbone.bf16_supported`; TVOS's J&F the same, PML's 0.5 to 0.7 lower,
         docs/benchmarks.md); None (default): the environment's VOSEMBED_PRECISION, else "fp32".
         Part of the cache key.
+    tile: the backbone sees at most `tile` x `tile` pixels at once; a larger (resized) frame is
+        embedded in overlapping tiles (`backbone.tiled`), which bounds a pass's memory. Part of the
+        cache key only for frames it splits.
     """
 
     backbone: str = "isnet"
@@ -70,11 +76,15 @@ class EmbeddingSettings:
     working_pixels: int = 102_400
     features: str = "encoder"
     precision: str | None = None
+    tile: int = 512
 
     def resolve(self, height: int, width: int) -> EmbeddingSettings:
         """These settings with the scale fixed for a `height x width` video."""
         if self.scale is not None:
             return self
+        chosen = os.environ.get("VOSEMBED_SCALE")
+        if chosen:
+            return dataclasses.replace(self, scale=check_scale(chosen, "VOSEMBED_SCALE"))
         scale = round(8 * math.sqrt(self.working_pixels / (height * width))) / 8
         return dataclasses.replace(self, scale=float(min(1.0, max(scale, 0.125))))
 
@@ -86,9 +96,23 @@ class EmbeddingSettings:
         return min(self.levels) / self.scale
 
 
+def check_scale(value, name: str = "scale") -> float:
+    """A scale the frames may be resized by before the backbone: a number in (0, 4]; refuse
+    anything else, naming where it came from."""
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if not 0 < scale <= 4:
+        raise VosEmbedError(f"{name} is the factor frames are resized by before the network, a number above 0 "
+                            f"and at most 4 (0.5: half size), not {value!r}")
+    return scale
+
+
 @dataclass
 class Embeddings:
-    """The cached embeddings of one video, memory-mapped.
+    """The cached embeddings of one video, memory-mapped (`FrameArray`: what a long video holds
+    resident stays bounded).
 
     levels: backbone stride -> (T, h_s, w_s, C_s) float16, channels last, L2-normalised per pixel;
     saliency: (T, hs, ws) float16 in [0, 1], or None.
@@ -97,8 +121,8 @@ class Embeddings:
     path: Path
     settings: EmbeddingSettings
     frame_shape: tuple[int, int]
-    levels: dict[int, np.ndarray]
-    saliency: np.ndarray | None
+    levels: dict[int, FrameArray]
+    saliency: FrameArray | None
     done: np.ndarray
     computed: int = 0
 
@@ -177,9 +201,11 @@ def video_fingerprint(video) -> str:
 
 def cache_key(video, settings: EmbeddingSettings, backbone_id: str) -> str:
     """Hash of the video's content, the backbone's weights and the resolved settings (float32
-    entries keep the keys they had before `precision` existed)."""
+    entries, and frames no tile splits, keep the keys they had before `precision` and `tile` existed)."""
+    height, width = video.shape[1:3]
+    split = max(round(height * settings.scale), round(width * settings.scale)) > settings.tile
     computed = {k: v for k, v in dataclasses.asdict(settings).items()
-                if k != "working_pixels" and (k, v) != ("precision", "fp32")}
+                if k != "working_pixels" and (k, v) != ("precision", "fp32") and (k != "tile" or split)}
     payload = json.dumps([FORMAT_VERSION, video_fingerprint(video), backbone_id, computed])
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
@@ -323,8 +349,11 @@ def _batches(video, batches: list[np.ndarray], size: tuple[int, int] | None, dev
                 future.cancel()
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Frames per network pass: 16 on a GPU, 4 on a CPU (docs/benchmarks.md, `benchmark speed`)."""
+def default_batch_size(device: torch.device, tiled: bool = False) -> int:
+    """Frames per network pass: 16 on a GPU, 4 on a CPU (docs/benchmarks.md, `benchmark speed`);
+    1 for frames embedded in tiles (four 1024 x 1024 frames' maps hold 2.4 GB, one 1.2 GB)."""
+    if tiled:
+        return 1
     return 16 if device.type == "cuda" else 4
 
 
@@ -385,7 +414,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
     if len(todo):
         backbone = backbone or load_backbone()
         size = (round(height * settings.scale), round(width * settings.scale)) if settings.scale != 1 else None
-        step = batch_size or default_batch_size(device)
+        step = batch_size or default_batch_size(device, max(size or (height, width)) > settings.tile)
         batches = [todo[i : i + step] for i in range(0, len(todo), step)]
 
         def store(batch: np.ndarray, outputs: dict[str, torch.Tensor]) -> None:
@@ -393,6 +422,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
             for name, values in outputs.items():
                 arrays[name][batch] = values.cpu().numpy()
                 arrays[name].flush()
+                release(arrays[name])
             done[batch] = True
             done.flush()
 
@@ -402,7 +432,7 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
             writing: deque[tuple[Future, np.ndarray]] = deque()
             for i, (batch, images) in enumerate(zip(batches, inputs)):
                 with torch.inference_mode():
-                    out = backbone(images)
+                    out = tiled(backbone, images, settings.tile)
                     outputs = {f"s{level}": f.half() for level, f in normalized_levels(out, settings.levels).items()}
                     if "saliency" in arrays:
                         if out.saliency is None:
@@ -415,5 +445,6 @@ def embed_video(video, settings: EmbeddingSettings = EmbeddingSettings(), device
                     future.result()
                     computed += len(written)
                     yield Progress(int(done.sum()), n, "embedding")
-    levels = {level: arrays[f"s{level}"] for level in settings.levels}
-    return Embeddings(path, settings, (height, width), levels, arrays.get("saliency"), done, computed)
+    levels = {level: FrameArray(arrays[f"s{level}"]) for level in settings.levels}
+    saliency = FrameArray(arrays["saliency"]) if "saliency" in arrays else None
+    return Embeddings(path, settings, (height, width), levels, saliency, done, computed)

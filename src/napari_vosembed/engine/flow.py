@@ -25,6 +25,7 @@ import numpy as np
 from ..progress import Progress
 from . import cache
 from .cache import video_fingerprint
+from .frames import FrameArray, release
 
 FORMAT_VERSION = 1
 #: Flow is computed on frames scaled to about this many pixels (never upsampled).
@@ -46,8 +47,8 @@ class Flow:
 
     path: Path
     frame_shape: tuple[int, int]
-    forward: np.ndarray
-    backward: np.ndarray
+    forward: FrameArray
+    backward: FrameArray
     done: np.ndarray
 
     @property
@@ -164,9 +165,10 @@ def video_flow(video) -> Generator[Progress, None, Flow]:
                 arrays["backward"][t] = dis.calc(frame(t), frame(t - 1), None)
             for key in [k for k in gray if k < t - 1]:
                 del gray[key]
-            arrays["forward"].flush()
-            arrays["backward"].flush()
+            for name in ("forward", "backward"):
+                arrays[name].flush()
+                release(arrays[name])  # a long video's flow is not all kept resident
             done[t] = True
             done.flush()
             yield Progress(int(done.sum()), n, "optical flow")
-    return Flow(path, (height, width), arrays["forward"], arrays["backward"], done)
+    return Flow(path, (height, width), FrameArray(arrays["forward"]), FrameArray(arrays["backward"]), done)

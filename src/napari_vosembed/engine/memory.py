@@ -18,8 +18,8 @@ REFERENCE_PIXELS = 480 * 854
 @dataclass(frozen=True)
 class MemoryModel:
     """Peak resident memory of a whole run: `base_mib` + `per_frame_mib` per frame of 480p, scaled
-    with the frame's pixels (labels and score maps are kept at full resolution). Measured by
-    `vosembed benchmark memory` (docs/benchmarks.md)."""
+    with the frame's pixels (a run's labels, unless written to disk as they come, take a byte per
+    pixel: 0.4 MiB per 480p frame). Measured by `vosembed benchmark memory` (docs/benchmarks.md)."""
 
     base_mib: float
     per_frame_mib: float

@@ -21,7 +21,8 @@ from ..progress import Progress, drive
 from ..prompts import Prompts
 from .anchor_graph import AnchorGraph
 from .confidence import frame_confidence
-from .cache import EmbeddingSettings, Embeddings
+from .cache import EmbeddingSettings, Embeddings, embeddings_root
+from .frames import FrameArray, label_volume
 from .grid import cell_index, cell_labels, grid_coords
 from .heads import embed_for_head
 from .refine import STRAY_DISTANCE, FrameRefiner, drop_stray_regions, refine_frame
@@ -92,15 +93,17 @@ class PMLIndex:
         video, model, emb = yield from embed_for_head(video, PMLHead, DEFAULT_HEAD, head, str(device), settings)
         return cls(video, emb, model, torch.device(device), **options)
 
-    def _embed_all(self) -> np.ndarray:
-        """(T, h*w, d) float16 pixel embeddings: the head applied to every frame (or the raw features)."""
+    def _embed_all(self) -> FrameArray:
+        """(T, h*w, d) float16 pixel embeddings: the head applied to every frame (or the raw features);
+        on disk beside the embedding cache when the video is long (`FrameArray.scratch`)."""
         n = len(self.video)
         dim = self.embeddings.channels if self.head is None else self.head.out_dim
-        out = np.empty((n, self.grid[0] * self.grid[1], dim), np.float16)
+        out = FrameArray.scratch((n, self.grid[0] * self.grid[1], dim), np.float16, embeddings_root())
         with torch.inference_mode():
             for t in range(n):
                 e = self.embeddings.raw_embedding(t) if self.head is None else self.head.embed(self.embeddings, t, n)
                 out[t] = e.cpu().numpy()
+        out.release()
         return out
 
     def frame_embeddings(self, t: int) -> np.ndarray:
@@ -113,7 +116,7 @@ class PMLIndex:
         if self.device.type != "cuda":
             return None
         if getattr(self, "_resident_of", None) is not self._pixel_embeddings:
-            self._resident_copy = torch.from_numpy(self._pixel_embeddings).to(self.device)
+            self._resident_copy = torch.from_numpy(self._pixel_embeddings.array).to(self.device)
             self._resident_of = self._pixel_embeddings
         return self._resident_copy
 
@@ -215,7 +218,8 @@ class PMLIndex:
         with every view of this index; a few seconds for 100 frames at 480p."""
         if not self.has_anchor_graph:
             yield Progress(0, 1, "anchor graph")
-            self._graph["graph"] = AnchorGraph(self._pixel_embeddings.reshape(-1, self._pixel_embeddings.shape[-1]))
+            embeddings = self._pixel_embeddings.array
+            self._graph["graph"] = AnchorGraph(embeddings.reshape(-1, embeddings.shape[-1]))
             yield Progress(1, 1, "anchor graph")
         return self._graph["graph"]
 
@@ -313,10 +317,10 @@ class PMLIndex:
 
     def predict_all(self, online_adaptation: bool = True, adapt_per_frame: int = ADAPT_PER_FRAME,
                     adapt_window: int = ADAPT_WINDOW, finetune_steps: int = FINETUNE_STEPS,
-                    stray_distance: int = STRAY_DISTANCE, confidence: np.ndarray | None = None
+                    stray_distance: int = STRAY_DISTANCE, confidence: np.ndarray | None = None, out=None
                     ) -> Generator[Progress, None, np.ndarray]:
-        """Labels of every frame, yielding progress; `confidence` (T,), when given, receives each
-        frame's `frame_confidence` of its vote.
+        """Labels of every frame, into `out` when given (`label_volume`), yielding progress;
+        `confidence` (T,), when given, receives each frame's `frame_confidence` of its vote.
 
         With masks holding an object and background among the prompts and a trained head, the head is
         first fine-tuned on them for `finetune_steps` (`finetuned`; 0: off, the paper); a mask of
@@ -337,12 +341,12 @@ class PMLIndex:
         if finetune_steps and self.finetunable:
             tuned = yield from self.finetuned(finetune_steps)
             return (yield from tuned.predict_all(online_adaptation, adapt_per_frame, adapt_window, 0, stray_distance,
-                                                 confidence))
+                                                 confidence, out))
         if self.propagating:
             yield from self.build_anchor_graph()
         n = len(self.video)
         start = min(self.prompts.frames) if self.prompts.frames else 0
-        labels = np.zeros((n, *self.frame_shape), np.uint8 if self.pool.label_values.max() < 256 else np.int32)
+        labels = label_volume(out, n, self.frame_shape, int(self.pool.label_values.max()))
         rng = np.random.default_rng(0)
         done = 0
         adapting = online_adaptation and self._has_dense

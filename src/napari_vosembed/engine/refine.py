@@ -10,6 +10,8 @@ the gray frame (microscopy) over half a grid cell.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import cv2
 import numpy as np
 
@@ -20,8 +22,9 @@ from ..io.video import stretch
 #: variance of 8-bit JPEG noise, about 6e-5) and subsampling in grid cells, chosen on the validation
 #: split (docs/pml.md).
 COLOUR_RADIUS_CELLS, COLOUR_EPS, COLOUR_SUBSAMPLE_CELLS = 2, 1e-4, 0.5
-#: The gray guided filter's regulariser (its radius: half a grid cell).
-GRAY_EPS = 1e-3
+#: The gray guided filter's regulariser (its radius: half a grid cell) and subsampling in grid cells
+#: (1 below a stride of 12 pixels: full resolution for microscopy frames of 512 x 512 and less).
+GRAY_EPS, GRAY_SUBSAMPLE_CELLS = 1e-3, 0.125
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
@@ -59,6 +62,11 @@ class GuidedFilter:
         sigma = self._box(outer).reshape(*guide_s.shape[:2], channels, channels) \
             - self.mean_i[..., :, None] * self.mean_i[..., None, :]
         self.inverse = invert_symmetric(sigma + eps * np.eye(channels, dtype=np.float32))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of what the filter keeps."""
+        return sum(a.nbytes for a in (self.guide_s, self.mean_i, self.inverse) if a is not None)
 
     def _shrink(self, x: np.ndarray) -> np.ndarray:
         if self.subsample == 1:
@@ -150,6 +158,10 @@ def upsample_scores(scores: np.ndarray, stride: float, size: tuple[int, int]) ->
     return full[:height, :width]
 
 
+#: Full-resolution scores filtered at once, bytes: frames with many objects are refined a few labels at a time.
+LABEL_CHUNK_BYTES = 64 * 2**20
+
+
 def refine_labels(scores: np.ndarray, label_values: np.ndarray, stride: float, size: tuple[int, int],
                   guide: np.ndarray | None = None, radius: int = 8, eps: float = 1e-3, subsample: int = 1,
                   prepared: GuidedFilter | None = None) -> np.ndarray:
@@ -171,7 +183,22 @@ def refine_labels(scores: np.ndarray, label_values: np.ndarray, stride: float, s
     if scores.shape[2] == 2:
         diff = filtered(upsample_scores(scores[..., 1] - scores[..., 0], stride, size)[..., 0])
         return np.where(diff > 0, label_values[1], label_values[0]).astype(label_values.dtype, copy=False)
-    return label_values[np.argmax(filtered(upsample_scores(scores, stride, size)), axis=2)]
+    chunk = max(1, LABEL_CHUNK_BYTES // (4 * size[0] * size[1]))
+    best = winner = None
+    for k in range(0, scores.shape[2], chunk):  # filtering is per label: a few labels at a time, the same argmax
+        part = filtered(upsample_scores(scores[..., k:k + chunk], stride, size))
+        index = np.argmax(part, axis=2)
+        value = np.take_along_axis(part, index[..., None], 2)[..., 0]
+        if best is None:
+            best, winner = value, index
+        else:
+            better = value > best  # ties keep the earlier label, as one argmax over all
+            best, winner = np.where(better, value, best), np.where(better, index + k, winner)
+    return label_values[winner]
+
+
+#: What a `FrameRefiner` keeps at most of its frames' guided filters, bytes (a 100-frame 480p RGB video's).
+KEEP_BYTES = 192 * 2**20
 
 
 class FrameRefiner:
@@ -182,11 +209,13 @@ class FrameRefiner:
     With `keep`, each frame's `GuidedFilter` is kept once built (about 1.5 MB per 480p RGB frame,
     half the frame's PML embeddings; 8 bytes per pixel of a gray frame), so labelling a frame again
     costs only the steps that depend on the scores: for sessions that relabel the video at every
-    click (PML)."""
+    click (PML). At most `KEEP_BYTES` are kept (the most recently used frames'): a long video's
+    frames are then prepared again at each pass."""
 
     def __init__(self, video, stride: float, intensity: tuple[float, float] | None, keep: bool = False):
         self.video, self.stride, self.intensity, self.keep = video, stride, intensity, keep
-        self._filters: dict[int, GuidedFilter] = {}
+        self._filters: OrderedDict[int, GuidedFilter] = OrderedDict()
+        self._kept_bytes = 0
 
     def __call__(self, t: int, scores: np.ndarray, label_values: np.ndarray) -> np.ndarray:
         size = tuple(self.video.shape[1:3])
@@ -198,12 +227,18 @@ class FrameRefiner:
             radius, eps = max(1, round(COLOUR_RADIUS_CELLS * self.stride)), COLOUR_EPS
             subsample = max(1, round(COLOUR_SUBSAMPLE_CELLS * self.stride))
         else:
-            radius, eps, subsample = max(1, int(self.stride) // 2), GRAY_EPS, 1
+            radius, eps = max(1, int(self.stride) // 2), GRAY_EPS
+            subsample = max(1, round(GRAY_SUBSAMPLE_CELLS * self.stride))
         prepared = self._filters.get(t)
         if prepared is None:
             prepared = GuidedFilter(guide, radius, eps, subsample)
             if self.keep:
                 self._filters[t] = prepared
+                self._kept_bytes += prepared.nbytes
+                while self._kept_bytes > KEEP_BYTES and len(self._filters) > 1:
+                    self._kept_bytes -= self._filters.popitem(last=False)[1].nbytes
+        else:
+            self._filters.move_to_end(t)
         return refine_labels(scores, label_values, self.stride, size, guide, radius, eps, subsample, prepared)
 
 

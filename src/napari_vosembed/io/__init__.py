@@ -6,8 +6,8 @@ from ._files import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, VIDEO_EXTENSIONS, natura
 from .labels import Masks, read_label_folder, read_label_image
 from .sequence import Sequence, list_sequences, read_sequence
 from .tracks import object_tracks, track_features, write_geff
-from .video import Video, as_video, channel_count, mirrored, normalize_frame, open_video
-from .writers import ctc_tracks, davis_palette, write_ctc, write_png_labels, write_tiff_labels
+from .video import Video, as_video, channel_count, mirrored, normalize_frame, open_video, z_count
+from .writers import ctc_tracks, davis_palette, write_ctc, write_png_labels, write_tiff_labels, zarr_labels
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,4 +34,6 @@ __all__ = [
     "write_geff",
     "write_png_labels",
     "write_tiff_labels",
+    "z_count",
+    "zarr_labels",
 ]

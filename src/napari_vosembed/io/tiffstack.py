@@ -73,18 +73,30 @@ def _planes(path: Path, axes: str, shape: tuple[int, ...], channel: int | None, 
     return fixed
 
 
+def _series_axes(path: Path) -> tuple[str, tuple[int, ...]]:
+    """(axes, shape) of the first series of a TIFF file."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.series[0].axes, tuple(tif.series[0].shape)
+    except Exception as exc:  # any parser error: see _files.describe()
+        raise VideoReadError(f"{path}: not a readable TIFF file ({describe(exc)})") from exc
+
+
 def channel_count(path: Path) -> int | None:
     """The number of channels of a TIFF stack to choose from (None: none to choose, e.g. one channel
     or RGB)."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            axes, shape = tif.series[0].axes, tuple(tif.series[0].shape)
-    except Exception as exc:  # any parser error: see _files.describe()
-        raise VideoReadError(f"{path}: not a readable TIFF file ({describe(exc)})") from exc
+    axes, shape = _series_axes(path)
     position = axes.find("C")
     if position < 0 or shape[position] == 1 or _rgb_channels(axes, shape):
         return None
     return shape[position]
+
+
+def z_count(path: Path) -> int | None:
+    """The number of z planes of a TIFF stack to choose from (None: one or none)."""
+    axes, shape = _series_axes(path)
+    position = axes.find("Z")
+    return None if position < 0 or shape[position] == 1 else shape[position]
 
 
 class TiffReader:

@@ -284,6 +284,17 @@ def channel_count(path: str | os.PathLike) -> int | None:
     return None
 
 
+def z_count(path: str | os.PathLike) -> int | None:
+    """The number of z planes to choose from in a TIFF or Zarr stack (`open_video(path, z=K)`); None
+    where there is none to choose."""
+    path = Path(path)
+    if is_zarr(path):
+        return zarrstack.z_count(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS and path.is_file():
+        return tiffstack.z_count(path)
+    return None
+
+
 def as_video(obj: Any) -> Video:
     """A ``Video`` from a path, an existing ``Video``, or a ``(T, H, W[, 3])`` array-like.
 

@@ -1,4 +1,5 @@
-"""Writers of label volumes: indexed PNGs (DAVIS palette), multi-page TIFF, Cell Tracking Challenge.
+"""Writers of label volumes: indexed PNGs (DAVIS palette), multi-page TIFF, Cell Tracking Challenge, and
+Zarr arrays that a run writes into frame by frame.
 
 Every file is written to a temporary name beside it and moved into place once complete, so a
 crash, a cancelled job or a full disk never leaves a half-written file or damages the file it was
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,40 @@ def write_ctc(labels: Any, out_dir: str | os.PathLike, overwrite: bool = False) 
     with atomic(out_dir / "res_track.txt") as partial:  # last: a result without it is incomplete
         partial.write_text(lines)
     return tracks
+
+
+@contextlib.contextmanager
+def zarr_labels(path: str | os.PathLike, shape: tuple[int, int, int], max_id: int, overwrite: bool = False):
+    """A Zarr array (v3, one chunk per frame, dimensions t, y, x) for a run to write its labels into
+    frame by frame (`segment(..., out=)`), so that a long video's labels are never all in memory.
+    Its dtype holds ids up to `max_id` (uint8, uint16 or uint32). It is written under a temporary
+    name beside `path` and moved into place when the block ends without error: a crash, a
+    cancelled run or a full disk leaves `path` as it was (or absent). The array yielded reads and
+    writes inside the block only; open `path` afterwards."""
+    import zarr
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise VosEmbedError(f"{path}: exists; choose another name or pass overwrite=True")
+    if max_id > np.iinfo(np.uint32).max:
+        raise VosEmbedError(f"label id {max_id} does not fit 32-bit labels (ids 0..{np.iinfo(np.uint32).max})")
+    dtype = next(d for d in (np.uint8, np.uint16, np.uint32) if max_id <= np.iinfo(d).max)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield zarr.create_array(str(partial), shape=shape, chunks=(1, *shape[1:]), dtype=dtype, fill_value=0,
+                                dimension_names=("t", "y", "x"))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            partial.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            partial.rename(path)
+    except OSError as err:
+        raise VosEmbedError(f"{path}: could not be written ({err.strerror or err}); "
+                            f"{'the existing labels are unchanged' if path.exists() else 'nothing was written'}"
+                            ) from err
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

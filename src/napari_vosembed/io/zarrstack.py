@@ -65,6 +65,12 @@ def channel_count(path: Path) -> int | None:
     return array.shape[axes.index("c")]
 
 
+def z_count(path: Path) -> int | None:
+    """The number of z planes of a Zarr image to choose from (None: one or none)."""
+    array, axes = _image(path)
+    return array.shape[axes.index("z")] if "z" in axes and array.shape[axes.index("z")] > 1 else None
+
+
 def _rgb(axes: str, shape: tuple[int, ...]) -> bool:
     """Whether the c axis holds the colours of RGB(A) frames: 3 or 4 of them, after y and x."""
     return axes.endswith("yxc") and shape[-1] in (3, 4)

@@ -19,7 +19,7 @@ from .base import Method, Session, available_methods, best_method, get_method, r
 
 
 def iter_segment(
-    video, prompts: Prompts | None = None, method: str | None = None, device: str = "auto", **params: Any
+    video, prompts: Prompts | None = None, method: str | None = None, device: str = "auto", out=None, **params: Any
 ) -> Generator[Progress, None, np.ndarray]:
     """Generator form of `segment`: yields `Progress`, returns the label volume."""
     from ..io import as_video
@@ -30,7 +30,9 @@ def iter_segment(
     if m.needs_prompts:
         prompts.validate(len(video), *video.shape[1:3])
     session = yield from m.open_session(video)
-    return (yield from session.segment(prompts))
+    if out is None:  # methods of other packages written before `out` need not take it
+        return (yield from session.segment(prompts))
+    return (yield from session.segment(prompts, out=out))
 
 
 def iter_embed(video, method: str | None = None, device: str = "auto", **params: Any
@@ -54,11 +56,13 @@ def segment(
     method: str | None = None,
     device: str = "auto",
     progress: Callable[[Progress], None] | None = None,
+    out=None,
     **params: Any,
 ) -> np.ndarray:
     """Segment `video` (a path, a `Video` or a `(T, H, W[, 3])` array) from `prompts` with `method`
-    (default: the best installed) on `device` ("auto", "cpu" or "cuda"); returns `(T, H, W)` labels."""
-    gen = iter_segment(video, prompts, method, device, **params)
+    (default: the best installed) on `device` ("auto", "cpu" or "cuda"); returns `(T, H, W)` labels,
+    written frame by frame into `out` when given (a Zarr array: `io.zarr_labels`), else in memory."""
+    gen = iter_segment(video, prompts, method, device, out, **params)
     while True:
         try:
             step = next(gen)

@@ -8,9 +8,11 @@ parameters (the dock builds its form from them, the CLI takes them as `--param K
 video: what is costly (embeddings, fine-tuned weights, reference pools, guided-filter statistics)
 is computed there, once, and kept. The session then answers prompts as often as asked:
 
-- `session.segment(prompts, start=None, direction=0)`: a progress generator returning the
+- `session.segment(prompts, start=None, direction=0, out=None)`: a progress generator returning the
   `(T, H, W)` labels of every frame; with `start` and `direction` (+1 / -1), of the frames from
-  `start` one way, the others 0 (methods that `propagate`).
+  `start` one way, the others 0 (methods that `propagate`). With `out` (a Zarr array, say) the
+  labels are written there frame by frame and `out` is returned (`engine.frames.label_volume`):
+  a long video's labels need not fit in memory.
 - `session.predict_frame(prompts, t)`: the labels of frame t at once (`interactive` methods), and
   `session.segment(prompts, live=True)` the rest of the video after an edit, skipping what can
   wait for a full run (fine-tuning, adaptation).
@@ -194,9 +196,10 @@ class Session:
             return self.prompt_masks.frame_labels(prompts, t)
         return None
 
-    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
-                ) -> Generator[Progress, None, np.ndarray]:
-        """`(T, H, W)` labels from `prompts` (see the module docstring); yields progress."""
+    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False,
+                out=None) -> Generator[Progress, None, np.ndarray]:
+        """`(T, H, W)` labels from `prompts`, into `out` when given (see the module docstring); yields
+        progress."""
         raise NotImplementedError
 
     def predict_frame(self, prompts: Prompts, t: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from scipy import ndimage
 from ..engine.backbone import get_backbone
 from ..engine.cache import normalized_levels
 from ..engine.confidence import frame_confidence
+from ..engine.frames import label_volume
 from ..engine.memory import MemoryModel
 from ..engine.nets.lse import DEFAULT_NET, GRID, LSENet, crop_embeddings, fuse, grid_shares, jittered, losses
 from ..engine.refine import COLOUR_EPS, GRAY_EPS, guided_filter
@@ -332,8 +333,8 @@ class LSESession(Session):
                 scanned.append(Sample(levels, fg.float(), fg | ~inside))
         return paste(self._crop_scores(p, patch), search, self.video.shape[1:3])
 
-    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
-                ) -> Generator[Progress, None, np.ndarray]:
+    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False,
+                out=None) -> Generator[Progress, None, np.ndarray]:
         """Every frame from each object's closest annotated frame (both directions), or one way from
         `start`; `boxes` holds the tracked boxes afterwards."""
         self.check(prompts, start, direction)
@@ -344,17 +345,20 @@ class LSESession(Session):
         patches = yield from self._track(net, anchors, start, direction)
         n, (height, width) = len(self.video), self.video.shape[1:3]
         values = np.array([0, *sorted(anchors)])
-        out = np.zeros((n, height, width), np.uint8 if values.max() < 256 else np.int32)
+        out = label_volume(out, n, (height, width), int(values.max()))
         self.confidence = np.full(n, np.nan, np.float32)
+        self.boxes = {int(v): np.full((n, 4), np.nan) for v in values[1:]}
         for t, items in patches.items():
             scores = np.zeros((height, width, len(values)), np.float32)
             for v, region, p in items:
                 k = int(np.searchsorted(values, v))
                 scores[region + (k,)] = np.maximum(scores[region + (k,)], p)
             scores[..., 0] = np.maximum(0.5, 1 - scores[..., 1:].max(-1))
-            out[t] = values[scores.argmax(-1)]
+            out[t] = labels = values[scores.argmax(-1)]
             self.confidence[t] = frame_confidence(scores[::4, ::4])
-        self.boxes = tracked_boxes(out, values[1:])
+            for v, box in frame_boxes(labels).items():
+                if v in self.boxes:
+                    self.boxes[v][t] = box
         return out
 
 
@@ -367,11 +371,7 @@ def _frame_box(mask: np.ndarray, region: tuple[slice, slice]) -> tuple[int, int,
     return box[0] + top, box[1] + left, box[2] + top, box[3] + left
 
 
-def tracked_boxes(labels: np.ndarray, objects: np.ndarray) -> dict[int, np.ndarray]:
-    """Object -> (T, 4) tight box of its pixels on each frame (y0, x0, y1, x1; NaN where absent)."""
-    boxes = {int(v): np.full((len(labels), 4), np.nan) for v in objects}
-    for t, frame in enumerate(labels):
-        for v, found in enumerate(ndimage.find_objects(frame), start=1):
-            if found is not None and v in boxes:
-                boxes[v][t] = found[0].start, found[1].start, found[0].stop, found[1].stop
-    return boxes
+def frame_boxes(labels: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """Object -> tight box of its pixels in one frame's labels (y0, x0, y1, x1), objects present only."""
+    return {v: (found[0].start, found[1].start, found[0].stop, found[1].stop)
+            for v, found in enumerate(ndimage.find_objects(labels), start=1) if found is not None}

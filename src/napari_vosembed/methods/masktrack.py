@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..engine.cache import embed_video
 from ..engine.confidence import frame_confidence
+from ..engine.frames import label_volume
 from ..engine.crf import crf_frame
 from ..engine.deform import coarsen, deform_mask
 from ..engine.flow import Flow, magnitude_video, video_flow
@@ -54,7 +55,7 @@ class MaskTrack(Method):
                    "(prompt model); optional optical-flow branch and dense CRF")
     propagates = True
     quality = 3
-    memory = MemoryModel(base_mib=1000, per_frame_mib=3.0)  # benchmark memory, rounded up
+    memory = MemoryModel(base_mib=1050, per_frame_mib=0.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:
@@ -229,8 +230,8 @@ class MaskTrackSession(Session):
             yield Progress(i + 1, len(frames), "boxes")
         return out
 
-    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
-                ) -> Generator[Progress, None, np.ndarray]:
+    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False,
+                out=None) -> Generator[Progress, None, np.ndarray]:
         """Every frame from its closest annotated frame (forward and backward from each), or one way
         from `start` (an annotated frame; annotated frames on the way restart the chain)."""
         self.check(prompts, start, direction)
@@ -247,19 +248,19 @@ class MaskTrackSession(Session):
             nets[branch] = yield from self.finetuned(branch, masks, live)
         n = len(self.video)
         values = np.union1d(np.concatenate([np.unique(m) for m in masks.values()]), [0])
-        out = np.zeros((n, *self.video.shape[1:3]), np.uint8 if values.max() < 256 else np.int32)
+        out = label_volume(out, n, self.video.shape[1:3], int(values.max()))
         self.confidence = np.full(n, np.nan, np.float32)
         runs = chains(masks, n, start, direction)
         total, done = sum(len(r[2]) for r in runs), 0
         for a, d, frames in runs:
             out[a], self.confidence[a] = masks[a], 1.0
-            previous = out[a]
+            previous = masks[a]
             for t in frames:
                 if t in masks:
-                    out[t], self.confidence[t] = masks[t], 1.0
+                    previous, self.confidence[t] = masks[t], 1.0
                 else:
-                    out[t], self.confidence[t] = self._frame(nets, t, previous, values, d)
-                previous = out[t]
+                    previous, self.confidence[t] = self._frame(nets, t, previous, values, d)
+                out[t] = previous
                 done += 1
                 yield Progress(done, total, "refinement")
         return out

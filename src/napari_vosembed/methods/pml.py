@@ -33,7 +33,7 @@ class PML(Method):
     interactive = True
     session_params = ("head",)
     quality = 10
-    memory = MemoryModel(base_mib=1000, per_frame_mib=7.5)  # benchmark memory, rounded up
+    memory = MemoryModel(base_mib=1200, per_frame_mib=0.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:
@@ -117,8 +117,8 @@ class PMLSession(Session):
         drive(self.prepare(prompts), quiet=True)
         return self.view(drive(self.dense(prompts), quiet=True)).predict_frame(t)
 
-    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
-                ) -> Generator[Progress, None, np.ndarray]:
+    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False,
+                out=None) -> Generator[Progress, None, np.ndarray]:
         """Every frame (`PMLIndex.predict_all`): after fine-tuning the head on the masks (kept for the
         next runs and edits on the same masks) and with online adaptation, as the parameters say;
         `live`: neither (the whole-video update that follows an edit)."""
@@ -128,7 +128,8 @@ class PMLSession(Session):
         view = self.view(prompts)
         self.confidence = np.full(len(self.video), np.nan, np.float32)
         options = {"adapt_per_frame": p.adapt_per_frame, "adapt_window": p.adapt_window,
-                   "stray_distance": p.stray_distance, "finetune_steps": 0, "confidence": self.confidence}
+                   "stray_distance": p.stray_distance, "finetune_steps": 0, "confidence": self.confidence,
+                   "out": out}
         if live:
             return (yield from view.predict_all(online_adaptation=False, **options))
         if p.finetune_steps and view.finetunable and not view.finetune_history:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..engine.cache import EmbeddingSettings, Embeddings
 from ..engine.confidence import frame_confidence
+from ..engine.frames import label_volume
 from ..engine.grid import cell_shares
 from ..engine.heads import embed_for_head
 from ..engine.memory import MemoryModel
@@ -54,6 +55,8 @@ GLOBAL_MATCHING = 0.25
 ADAPT_CONFIDENCE = 0.9
 #: Temperature of the raw backbone features (no head), chosen on the training sequences (docs/tvos.md).
 RAW_TEMPERATURE = 0.05
+#: Frame embeddings kept for reuse as references: at most this many, and this many bytes.
+CACHE_FRAMES, CACHE_BYTES = 64, 256 * 2**20
 
 
 def matcher_head(head: str | Path | None) -> str | None:
@@ -148,7 +151,8 @@ class TVOSPropagator:
                    **options)
 
     def frame_embedding(self, t: int) -> torch.Tensor:
-        """(h*w, d) L2-normalised embedding of frame t (the last 64 used are kept)."""
+        """(h*w, d) L2-normalised embedding of frame t (the last `CACHE_FRAMES` used are kept, or
+        as many as fit in `CACHE_BYTES`, but at least 16: a frame's references)."""
         if t in self._cache:
             self._cache.move_to_end(t)
             return self._cache[t]
@@ -159,14 +163,21 @@ class TVOSPropagator:
                 e = self.head.embed(self.embeddings, [t])[0].reshape(-1, self.head.config["dim"])
         e = e.to(self.device)
         self._cache[t] = e
-        if len(self._cache) > 64:
+        while len(self._cache) > CACHE_FRAMES or (len(self._cache) > 16 and
+                                                  len(self._cache) * e.nbytes > CACHE_BYTES):
             self._cache.popitem(last=False)
         return e
+
+    def reference_labels(self, t: int, labels: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """(h*w, K) grid labels of frame t in `labels` (default `self.labels`): an annotated frame's
+        soft labels, a predicted frame's hard labels (kept as label indices, 1 byte per cell)."""
+        held = (self.labels if labels is None else labels)[t]
+        return held if held.is_floating_point() else F.one_hot(held.long(), len(self.values)).float()
 
     def frame_scores(self, t: int, refs: list[tuple[int, float]], labels: dict[int, torch.Tensor]) -> torch.Tensor:
         """(h*w, K) label distribution of frame t from the reference frames `refs` [(frame, sigma)]."""
         keys = torch.stack([self.frame_embedding(r) for r, _ in refs])
-        ref_labels = torch.stack([labels[r] for r, _ in refs])
+        ref_labels = torch.stack([self.reference_labels(r, labels) for r, _ in refs])
         sigmas = torch.tensor([s for _, s in refs])
         fn = propagate if self.fast else propagate_dense
         with torch.inference_mode():
@@ -200,10 +211,11 @@ class TVOSPropagator:
             refs += [(a, SIGMA_DISTANT) for a in annotated if a not in {r for r, _ in refs}]
         return refs
 
-    def _start(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
+    def _start(self, masks: dict[int, np.ndarray], out, frames: list[int]) -> Generator[Progress, None, np.ndarray]:
         """Soft grid labels of the annotated frames (`self.labels`, K = `self.values`) and the global
         matcher over their masks (fine-tuned on them, yielding its progress, unless a run before
-        tuned it on the same masks); returns the output volume holding the masks."""
+        tuned it on the same masks); returns the output volume (`out` or a new one, `label_volume`)
+        holding the masks of the annotated `frames`."""
         if not masks:
             raise PromptError("TVOS propagates masks: paint a mask (or run PML) on at least one frame first")
         values = np.union1d(np.unique(np.concatenate([np.unique(m) for m in masks.values()])), [0])
@@ -221,22 +233,23 @@ class TVOSPropagator:
                 if self._tuned is None or self._tuned[0] != key:
                     self._tuned = (key, (yield from self._global.finetuned(self.finetune_steps)))
                 self._global = self._tuned[1].with_prompts(prompts)
-        out = np.zeros((len(self.video), *self.frame_shape), np.uint8 if values.max() < 256 else np.int32)
+        out = label_volume(out, len(self.video), self.frame_shape, int(values.max()))
         self.confidence = np.full(len(self.video), np.nan, np.float32)
-        for t, m in masks.items():
-            out[t] = m
+        for t in frames:
+            out[t] = masks[t]
             self.confidence[t] = 1.0
         return out
 
     def history_labels(self, t: int, scores: torch.Tensor) -> torch.Tensor:
-        """What predicted frame t adds to the references of later frames: its hard labels (Sec. 3.3)."""
-        return F.one_hot(scores.argmax(1), len(self.values)).to(scores.dtype)
+        """What predicted frame t adds to the references of later frames: its hard labels (Sec. 3.3),
+        as label indices (`reference_labels`)."""
+        return scores.argmax(1).to(torch.uint8 if len(self.values) <= 256 else torch.int32)
 
     def _drop_strays(self, scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """`scores` (h*w, K) with the object regions far from their cells in `previous` (the grid
         labels of the frame before) given to the background (`drop_stray_regions`)."""
         grid_scores = scores.reshape(*self.grid, -1).cpu().numpy().copy()
-        winners = previous.argmax(1).reshape(self.grid).cpu().numpy()
+        winners = (previous.argmax(1) if previous.is_floating_point() else previous).reshape(self.grid).cpu().numpy()
         drop_stray_regions(grid_scores, winners, self.values, self.stray_distance)
         return torch.from_numpy(grid_scores.reshape(len(scores), -1)).to(scores)
 
@@ -265,13 +278,13 @@ class TVOSPropagator:
         if adapted:
             self._global.drop_adapted(adapted)
 
-    def run(self, masks: dict[int, np.ndarray]) -> Generator[Progress, None, np.ndarray]:
-        """Labels of every frame from the masks of the annotated frames, yielding progress.
+    def run(self, masks: dict[int, np.ndarray], out=None) -> Generator[Progress, None, np.ndarray]:
+        """Labels of every frame from the masks of the annotated frames, into `out` (see
+        `label_volume`), yielding progress.
 
         From the first annotated frame forward to the end, then backward to frame 0. `self.labels`
-        then holds every frame's grid labels ((h*w, K): soft for annotated frames, one-hot for
-        predicted ones; K = `self.values`)."""
-        out = yield from self._start(masks)
+        then holds every frame's grid labels (`reference_labels`)."""
+        out = yield from self._start(masks, out, list(masks))
         n, first = len(self.video), min(masks)
         progress = [len(masks), n]
         yield Progress(*progress, "propagation")
@@ -279,24 +292,22 @@ class TVOSPropagator:
         yield from self._pass(out, masks, first, -1, -1, progress)
         return out
 
-    def propagate(self, masks: dict[int, np.ndarray], start: int, direction: int
+    def propagate(self, masks: dict[int, np.ndarray], start: int, direction: int, out=None
                   ) -> Generator[Progress, None, np.ndarray]:
         """Labels of frames `start`..end (direction +1) or 0..`start` (-1), propagated from the mask
-        of frame `start`; every annotated frame stays a reference. The other frames are 0."""
+        of frame `start`; every annotated frame stays a reference. The other frames are 0 in a new
+        volume, untouched in `out` (see `label_volume`)."""
         if start not in masks:
             raise PromptError(f"TVOS propagates from frame {start}, which has no annotation: paint a mask or click "
                               f"the objects there" + (f" (annotated frames: {', '.join(map(str, sorted(masks)))})"
                                                       if masks else ""))
-        out = yield from self._start(masks)
         n = len(self.video)
         stop = n if direction > 0 else -1
         inside = [t for t in masks if (t - start) * direction >= 0]
+        out = yield from self._start(masks, out, inside)
         progress = [len(inside), abs(stop - start)]
         yield Progress(*progress, "propagation")
         yield from self._pass(out, masks, start, direction, stop, progress)
-        outside = np.arange(n)[(np.arange(n) - start) * direction < 0]
-        out[outside] = 0
-        self.confidence[outside] = np.nan
         return out
 
 
@@ -325,7 +336,7 @@ class TVOS(Method):
     propagates = True
     requires = ("pml",)
     quality = 5
-    memory = MemoryModel(base_mib=800, per_frame_mib=10.5)  # benchmark memory, rounded up
+    memory = MemoryModel(base_mib=1050, per_frame_mib=0.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:
@@ -382,8 +393,8 @@ class TVOSSession(Session):
         self.propagator = propagator
         self.matcher = matcher
 
-    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False
-                ) -> Generator[Progress, None, np.ndarray]:
+    def segment(self, prompts: Prompts, start: int | None = None, direction: int = 0, live: bool = False,
+                out=None) -> Generator[Progress, None, np.ndarray]:
         """Every frame (`TVOSPropagator.run`), or one way from `start` (`TVOSPropagator.propagate`)."""
         self.check(prompts, start, direction)
         if not prompts.frames:
@@ -391,8 +402,8 @@ class TVOSSession(Session):
         prompts = yield from self.dense(prompts)
         masks = yield from seed_masks(prompts, self.matcher)
         if start is None:
-            labels = yield from self.propagator.run(masks)
+            labels = yield from self.propagator.run(masks, out)
         else:
-            labels = yield from self.propagator.propagate(masks, start, direction)
+            labels = yield from self.propagator.propagate(masks, start, direction, out)
         self.confidence = self.propagator.confidence.copy()
         return labels

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..engine.cache import EmbeddingSettings, embed_video
 from ..engine.confidence import frame_confidence
+from ..engine.frames import label_volume
 from ..engine.crf import crf_frame
 from ..engine.flow import video_flow
 from ..engine.losses import instance
@@ -67,7 +68,7 @@ class Unsupervised(Method):
                    "motion find the video's primary object without any prompt")
     needs_prompts = False
     quality = 0
-    memory = MemoryModel(base_mib=1600, per_frame_mib=7.5)  # benchmark memory, rounded up
+    memory = MemoryModel(base_mib=1500, per_frame_mib=0.5)  # benchmark memory, rounded up
 
     @dataclass
     class Params:
@@ -207,7 +208,7 @@ class UnsupervisedSession(Session):
         return self.index.to_labels(t, scores, LABELS)
 
     def segment(self, prompts: Prompts | None = None, start: int | None = None, direction: int = 0,
-                live: bool = False) -> Generator[Progress, None, np.ndarray]:
+                live: bool = False, out=None) -> Generator[Progress, None, np.ndarray]:
         """The primary object (label 1) on every frame; prompts are not read."""
         self.check(prompts or Prompts(), start, direction)
         n, timings = len(self.video), dict.fromkeys(STAGES, 0.0)
@@ -241,7 +242,7 @@ class UnsupervisedSession(Session):
             if pseudo.finetunable:
                 index = yield from pseudo.finetuned(loss=instance)
             timings["adaptation"] += time.perf_counter() - clock
-        out = np.zeros((n, *self.video.shape[1:3]), np.uint8)
+        out = label_volume(out, n, self.video.shape[1:3], 1)
         self.confidence = np.zeros(n, np.float32)
         for t in range(n):
             clock = time.perf_counter()
