@@ -273,26 +273,27 @@ def open_video(path: str | os.PathLike, channel: int | None = None, z: int | Non
     raise VideoReadError(f"{path}: unsupported file type {suffix or '(no extension)'}; supported: {_supported()}")
 
 
+def _stack(path: Path):
+    """The module reading the planes of a TIFF or Zarr stack at `path` (None: another kind of file)."""
+    if is_zarr(path):
+        return zarrstack
+    if path.suffix.lower() in TIFF_EXTENSIONS and path.is_file():
+        return tiffstack
+    return None
+
+
 def channel_count(path: str | os.PathLike) -> int | None:
     """The number of channels to choose from in a TIFF or Zarr stack (`open_video(path, channel=K)`);
     None where there is none to choose (one channel, RGB, or another kind of file)."""
-    path = Path(path)
-    if is_zarr(path):
-        return zarrstack.channel_count(path)
-    if path.suffix.lower() in TIFF_EXTENSIONS and path.is_file():
-        return tiffstack.channel_count(path)
-    return None
+    stack = _stack(Path(path))
+    return stack.channel_count(Path(path)) if stack else None
 
 
 def z_count(path: str | os.PathLike) -> int | None:
     """The number of z planes to choose from in a TIFF or Zarr stack (`open_video(path, z=K)`); None
     where there is none to choose."""
-    path = Path(path)
-    if is_zarr(path):
-        return zarrstack.z_count(path)
-    if path.suffix.lower() in TIFF_EXTENSIONS and path.is_file():
-        return tiffstack.z_count(path)
-    return None
+    stack = _stack(Path(path))
+    return stack.z_count(Path(path)) if stack else None
 
 
 def as_video(obj: Any) -> Video:
