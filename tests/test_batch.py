@@ -134,3 +134,15 @@ def test_a_zarr_store_or_a_long_video_gets_its_labels_written_frame_by_frame(tmp
     monkeypatch.setattr(batch, "IN_MEMORY_LABELS", 2**29)
     batch.segment_one(batch.Job("cells", str(root / "cells.zarr"), str(out), "unsupervised", "none", "cpu", 1))
     assert zarr.open_array(str(out / "cells" / "labels.zarr")).shape == (6, 120, 160)
+
+
+def test_a_chosen_scale_reaches_every_worker_and_a_bad_one_is_refused(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(batch, "_segment", lambda job: seen.append(os.environ.get("VOSEMBED_SCALE")) or {})
+    monkeypatch.delenv("VOSEMBED_SCALE", raising=False)
+    batch.segment_one(batch.Job("a", "a", str(tmp_path), "pml", "first-mask", "cpu", 1, scale=0.5))
+    batch.segment_one(batch.Job("b", "b", str(tmp_path), "pml", "first-mask", "cpu", 1))
+    assert seen == ["0.5", None] and "VOSEMBED_SCALE" not in os.environ
+    square_sequence(tmp_path / "root", "left")
+    with pytest.raises(VosEmbedError, match="--scale is the factor"):
+        drive(batch.run(tmp_path / "root", tmp_path / "out", "pml", scale="0"), quiet=True)

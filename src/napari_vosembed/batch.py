@@ -43,6 +43,7 @@ class Job:
     device: str
     threads: int  # torch threads; 0: the worker's default
     params: tuple[tuple[str, object], ...] = ()
+    scale: float | None = None  # frames resized by this before the network (`EmbeddingSettings.scale`; None: default)
 
 
 def find_videos(root: Path) -> dict[str, Path]:
@@ -73,6 +74,13 @@ def find_videos(root: Path) -> dict[str, Path]:
 def segment_one(job: Job) -> dict:
     """Segment one video (runs on a worker): labels into `job.out/<name>/`, atomically, and its
     result (frames, seconds, J&F where the video has ground truth)."""
+    from .engine.cache import chosen_scale
+
+    with chosen_scale(job.scale, "--scale"):
+        return _segment(job)
+
+
+def _segment(job: Job) -> dict:
     import numpy as np
     import torch
 
@@ -145,12 +153,16 @@ def _client(scheduler: str, workers: int, device: str):
 
 
 def run(root: Path, out: Path, method: str, prompts: str = "first-mask", scheduler: str = "local", workers: int = 1,
-        device: str = "cpu", retries: int = 1, params: dict | None = None) -> Generator[Progress, None, dict]:
+        device: str = "cpu", retries: int = 1, params: dict | None = None, scale: float | str | None = None
+        ) -> Generator[Progress, None, dict]:
     """Segment every video under `root` into `out/<name>/` with `method`, one task per video on
-    `scheduler` ("local": a LocalCluster of `workers` processes; else a scheduler address). Yields
-    progress per finished video; returns the summary (also written to `out/batch.json` and
-    `out/batch.md`)."""
+    `scheduler` ("local": a LocalCluster of `workers` processes; else a scheduler address), frames
+    resized by `scale` before the network (None: the default). Yields progress per finished video;
+    returns the summary (also written to `out/batch.json` and `out/batch.md`)."""
+    from .engine.cache import check_scale
     from .methods import get_method
+
+    scale = None if scale is None else check_scale(scale, "--scale")
 
     get_method(method)  # an unknown method fails here, not on every worker
     if prompts not in PROMPTS:
@@ -176,7 +188,7 @@ def run(root: Path, out: Path, method: str, prompts: str = "first-mask", schedul
         try:
             resources = {"GPU": 1} if device == "cuda" else None
             futures = {client.submit(segment_one, Job(name, str(videos[name]), str(out), method, prompts, device,
-                                                      threads, tuple(sorted((params or {}).items()))),
+                                                      threads, tuple(sorted((params or {}).items())), scale),
                                      key=f"vosembed-{name}-{uuid.uuid4().hex[:6]}", retries=retries,
                                      resources=resources): name for name in todo}
             for future in as_completed(futures):

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -211,7 +209,7 @@ def cmd_batch(args) -> int:
     from . import batch
 
     report = drive(batch.run(Path(args.root), Path(args.out), args.method, args.prompts, args.scheduler, args.workers,
-                             args.device, args.retries, _parse_params(args.param)), args.quiet)
+                             args.device, args.retries, _parse_params(args.param), args.scale), args.quiet)
     print(batch.markdown(report))
     failed = [name for name, r in report["videos"].items() if r["status"] == "failed"]
     return 1 if failed else 0
@@ -357,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(cuda: each task asks the scheduler for one GPU resource)")
     p.add_argument("--retries", type=int, default=1, help="times a failed video is tried again")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter; repeatable")
+    p.add_argument("--scale", help="resize frames by this factor before the network, on every worker (as for "
+                   "segment)")
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("embed", formatter_class=DEFAULTS, help="compute a video's embeddings ahead of time",
@@ -424,31 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _scale(value: str | None):
-    """VOSEMBED_SCALE set to `--scale` while a command runs (`EmbeddingSettings.scale`)."""
-    if value is None:
-        yield
-        return
-    from .engine.cache import check_scale
-
-    before = os.environ.get("VOSEMBED_SCALE")
-    os.environ["VOSEMBED_SCALE"] = repr(check_scale(value, "--scale"))
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["VOSEMBED_SCALE"]
-        else:
-            os.environ["VOSEMBED_SCALE"] = before
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded with what it makes (the training record's command)
     try:
-        with _scale(getattr(args, "scale", None)):
+        from .engine.cache import chosen_scale
+
+        with chosen_scale(getattr(args, "scale", None)):  # `--scale` of segment, embed and batch
             return args.func(args)
     except VosEmbedError as err:
         print(f"vosembed {args.command}: error: {err}", file=sys.stderr)

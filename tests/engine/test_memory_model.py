@@ -45,3 +45,33 @@ def test_the_check_can_be_turned_off_and_is_skipped_where_memory_is_unknown(mach
     machine.delenv("VOSEMBED_MEMORY_CHECK")
     machine.setattr(memory, "available_bytes", lambda: None)
     check_fits("the job", 2**40)
+
+
+def test_a_run_writing_its_labels_to_disk_is_not_charged_for_them():
+    model = MemoryModel(base_mib=1000, per_frame_mib=0.5)
+    labels = 480 * 854 / 2**20  # MiB per 480p frame, a byte per pixel
+    assert model.estimate(100, 480, 854, labels_in_memory=False) == int((1000 + (0.5 - labels) * 100) * 2**20)
+    on_disk = model.estimate(20_000, 1024, 1024, labels_in_memory=False)
+    assert abs(model.estimate(20_000, 1024, 1024) - on_disk - 20_000 * 2**20) <= 1  # a byte per pixel less
+    assert MemoryModel(500, 0.1).estimate(100, 480, 854, labels_in_memory=False) == 500 * 2**20  # never below base
+
+
+def test_segment_into_an_output_volume_tells_the_guard(monkeypatch):
+    import numpy as np
+
+    from napari_vosembed.methods import Method, iter_segment
+    from napari_vosembed.prompts import Prompts
+
+    seen = []
+
+    def opened(self, video, shared=None, settings=None, prompt_masks=None, labels_in_memory=True):
+        seen.append(labels_in_memory)
+        raise RuntimeError("opened")
+
+    monkeypatch.setattr(Method, "open_session", opened)
+    video = np.zeros((3, 16, 16), np.uint8)
+    prompts = Prompts().add_mask(0, np.pad(np.ones((4, 4), np.int32), 6))
+    for out in (None, np.zeros((3, 16, 16), np.uint8)):
+        with pytest.raises(RuntimeError, match="opened"):
+            next(iter_segment(video, prompts, "pml", "cpu", out=out))
+    assert seen == [True, False]

@@ -369,3 +369,18 @@ def test_the_torch_search_of_a_gpu_session_labels_as_faiss_does(monkeypatch):
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
     assert db_eval_iou(masks[5] == 1, results[1][0][5] == 1) > 0.8
+
+
+def test_on_a_device_a_clicks_labels_leave_it_only_as_labels(tmp_path, monkeypatch):
+    """The GPU path of a click (votes kept as tensors, refined by `TorchGuidedFilter`), run on the
+    CPU: the labels of the OpenCV path."""
+    frames, masks = scene(squares=((RED, 10), (GREEN, 50)))
+    prompts = Prompts().add_point(2, 30, 20, 1).add_point(2, 30, 60, 2).add_point(2, 5, 5, 0)
+    expected = colour_session(frames, tmp_path).with_prompts(prompts).predict_frame(4)
+    monkeypatch.setattr("napari_vosembed.engine.pml_index.refine_device", lambda device: torch.device(device))
+    index = colour_session(frames, tmp_path).with_prompts(prompts)
+    scores, values, unanimous = index.frame_scores(4, host=False)
+    assert isinstance(scores, torch.Tensor) and isinstance(unanimous, torch.Tensor)
+    assert np.array_equal(index.predict_frame(4), expected)
+    for obj in (1, 2):
+        assert db_eval_iou(masks[4] == obj, expected == obj) > 0.8

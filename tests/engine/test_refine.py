@@ -1,4 +1,6 @@
 import numpy as np
+import pytest
+import torch
 
 from napari_vosembed.engine import refine
 from napari_vosembed.engine.refine import drop_stray_regions
@@ -69,3 +71,52 @@ def test_many_labels_are_refined_a_few_at_a_time_with_the_same_labels(monkeypatc
     monkeypatch.setattr(refine, "LABEL_CHUNK_BYTES", 2 * 4 * 96 * 128)  # two labels at a time
     assert np.array_equal(refine.refine_labels(scores, values, 8, (96, 128), guide, 4, 1e-3), whole)
     assert len(np.unique(whole)) > 4
+
+
+def _scene(height=75, width=118, labels=3, seed=5):
+    """A smooth colour frame with blobs, and noisy stride-8 grid scores of those blobs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    frame = np.zeros((height, width, 3), np.uint8)
+    grid = (-(-height // 8), -(-width // 8))
+    gy, gx = np.mgrid[: grid[0], : grid[1]] * 8 + 4
+    scores = [np.full(grid, 0.5, np.float32)]
+    for k in range(1, labels):
+        cy, cx, r = rng.uniform(15, height - 15), rng.uniform(15, width - 15), rng.uniform(8, 20)
+        frame[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.integers(60, 255, 3)
+        scores.append(np.exp(-((gy - cy) ** 2 + (gx - cx) ** 2) / (2 * r**2)).astype(np.float32))
+    frame = (frame + rng.integers(0, 12, frame.shape)).astype(np.uint8)
+    return frame, np.stack(scores, -1) + rng.normal(0, 0.05, (*grid, labels)).astype(np.float32)
+
+
+def test_the_torch_guided_filter_computes_the_opencv_one():
+    frame, _ = _scene()
+    guide = frame.astype(np.float32) / 255
+    src = np.random.default_rng(1).random((75, 118, 2)).astype(np.float32)
+    for g, radius, subsample in ((guide, 8, 4), (guide[..., 0], 4, 1), (guide[..., 0], 90, 1), (guide, 6, 3)):
+        expected = refine.GuidedFilter(g, radius, 1e-3, subsample)(src, g)
+        got = refine.TorchGuidedFilter(g, radius, 1e-3, subsample, "cpu")(src, g)
+        assert isinstance(got, torch.Tensor) and got.shape == expected.shape
+        assert np.abs(got.numpy() - expected).max() < 2e-4, (radius, subsample)
+
+
+@pytest.mark.parametrize("labels", [2, 4])
+@pytest.mark.parametrize("gray", [False, True])
+def test_a_refiner_on_a_torch_device_gives_the_labels_of_opencv(labels, gray):
+    frame, scores = _scene(labels=labels)
+    video = np.stack([frame.mean(-1).astype(np.uint8) if gray else frame] * 2)
+    values = np.arange(labels) * 2
+    host = refine.FrameRefiner(video, 8, (0, 255))
+    on_device = refine.FrameRefiner(video, 8, (0, 255), keep=True, device="cpu")
+    expected = host(1, scores, values)
+    assert len(np.unique(expected)) == labels
+    assert np.array_equal(on_device(1, scores, values), expected)
+    assert np.array_equal(on_device(1, torch.from_numpy(scores), values), expected)  # kept statistics, tensor scores
+    assert isinstance(on_device._filters[1], refine.TorchGuidedFilter)
+    assert np.array_equal(refine.FrameRefiner(video, 8, None, device="cpu")(1, scores, values),
+                          refine.FrameRefiner(video, 8, None)(1, scores, values))
+
+
+def test_sessions_refine_on_a_gpu_and_with_opencv_on_the_cpu():
+    assert refine.refine_device("cpu") is None
+    assert refine.refine_device("cuda:0") == torch.device("cuda:0")

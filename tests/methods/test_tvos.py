@@ -446,3 +446,21 @@ def test_the_session_opens_its_pml_matcher_on_the_same_grid():
                 adapt_matcher=True)
     with pytest.raises(MethodError, match="adapt_matcher changes the global matcher"):
         session(frames, global_matching=0, adapt_matcher=True)
+
+
+def test_on_a_device_the_labels_are_refined_there_and_the_matcher_votes_there(monkeypatch):
+    """The GPU path (refinement by `TorchGuidedFilter`, the matcher's votes kept as tensors), run on
+    the CPU: the labels, confidences and adapted references of the OpenCV path."""
+    frames, masks = scene(n=9, squares=((RED, 12, 20), (GREEN, 36, 50)), texture=20)
+    options = dict(global_matching=0.3, temperature=0.13, adapt_matcher=True)
+    host = session(frames, **options)
+    expected = drive(host.run({0: masks[0]}), quiet=True)
+    monkeypatch.setattr("napari_vosembed.methods.tvos.refine_device", lambda device: torch.device(device))
+    monkeypatch.setattr("napari_vosembed.engine.pml_index.refine_device", lambda device: torch.device(device))
+    device = session(frames, **options)
+    assert device._refiner.device == torch.device("cpu") and device.matcher._refiner.device is not None
+    assert np.array_equal(drive(device.run({0: masks[0]}), quiet=True), expected)
+    assert np.array_equal(device.confidence, host.confidence)
+    assert device.match_counts == host.match_counts and host.match_counts[0] > 0
+    for obj in (1, 2):
+        assert min(db_eval_iou(masks[t] == obj, expected[t] == obj) for t in range(1, 9)) > 0.8

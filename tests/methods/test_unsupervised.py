@@ -49,3 +49,17 @@ def test_the_track_follows_the_best_scored_similar_seeds(square):
     seeds = [FrameSeeds(cells, np.zeros(len(e), int), s, np.ones(3), np.zeros(0)) for e, s in zip(emb, scores)]
     chain = session.track(seeds)
     assert chain[0] in (0, 1) and chain[2] == 1 and len(chain) == 3
+
+
+def test_a_cells_probability_weighs_its_distances_to_the_nearest_object_and_background_seeds(square):
+    """Eq. 13-15: p = d_bg / (d_fg + d_bg), each the distance to the nearest seed of its kind."""
+    frames, _ = square
+    session = drive(get_method("unsupervised")(device="cpu").open_session(frames[:2]), quiet=True)
+    emb = session.index.frame_embeddings(1)
+    cells = np.array([3, 40, 100, 7])
+    p = session.probabilities(session.index, 1, cells, np.array([0, 1]), np.array([2, 3]))
+    d = np.linalg.norm(emb[:, None] - emb[cells][None], axis=2)
+    expected = d[:, 2:].min(1) / (d[:, :2].min(1) + d[:, 2:].min(1))
+    assert p.shape == (*session.index.grid, 2) and np.allclose(p.sum(-1), 1)
+    assert np.allclose(p[..., 1].reshape(-1), expected, atol=1e-5)
+    assert p[..., 1].reshape(-1)[[3, 40]].min() > 0.999 and p[..., 1].reshape(-1)[[100, 7]].max() < 0.001

@@ -4,7 +4,7 @@ batched and streaming (the default), and in bfloat16 where the device computes i
 Each pipeline runs in a fresh subprocess (its own peak RSS and GPU memory) with an empty embedding
 cache: the video is embedded (s per frame after the backbone is loaded), then, on those cached
 embeddings, TVOS propagates the first frame's mask (s per frame, J&F), PML retrieves from it (s per
-frame, J&F), and six clicks on the middle frame are answered on that frame (click -> frame) and
+frame, J&F), and twelve clicks on the middle frame are answered on that frame (click -> frame) and
 on the whole video (click -> video), as `benchmark pml` times them.
 
 With `--backbone tiny` the video is generated (a textured square moving over a textured
@@ -121,7 +121,7 @@ def _worker(spec: dict) -> dict:
     rng = np.random.default_rng(0)
     mid = n // 2
     click_frame, click_video = [], []
-    for i, (label, where) in enumerate(((1, masks[mid] > 0), (0, masks[mid] == 0)) * 3):
+    for i, (label, where) in enumerate(((1, masks[mid] > 0), (0, masks[mid] == 0)) * 6):
         ys, xs = np.nonzero(where)
         pick = rng.integers(len(ys))
         index.add_prompts(Prompts().add_point(mid, int(ys[pick]), int(xs[pick]), label), group=i)
@@ -185,7 +185,7 @@ def run(sequence: str | None, frames: int, backbone: str, device: str, threads: 
         f"{first['frames']} frames of {'x'.join(map(str, first['frame_shape']))} ({source}), device `{device}`"
         f"{'' if gpu else f', torch threads: {threads}'}; each pipeline in a fresh process with an empty embedding "
         "cache. Embedding: the backbone and everything around it (decoding, resizing, writing the cache), per frame "
-        "after the backbone is loaded. TVOS and PML: from the mask of frame 0, embeddings cached. Clicks: six on the "
+        "after the backbone is loaded. TVOS and PML: from the mask of frame 0, embeddings cached. Clicks: twelve on the "
         "middle frame (object, background, ...), PML's retrieval answering the frame in view and, after every "
         f"second click, the whole video. 1-minute load average {measured_on['load_average_1min']:.1f} at the start, "
         f"{payload['load_average_end']:.1f} at the end.", "",

@@ -109,6 +109,24 @@ def check_scale(value, name: str = "scale") -> float:
     return scale
 
 
+@contextlib.contextmanager
+def chosen_scale(value, name: str = "--scale") -> Iterator[None]:
+    """`VOSEMBED_SCALE` set to `value` (checked: `check_scale`) while the block runs, as it was
+    after; None leaves it as it is."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get("VOSEMBED_SCALE")
+    os.environ["VOSEMBED_SCALE"] = repr(check_scale(value, name))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["VOSEMBED_SCALE"]
+        else:
+            os.environ["VOSEMBED_SCALE"] = before
+
+
 @dataclass
 class Embeddings:
     """The cached embeddings of one video, memory-mapped (`FrameArray`: what a long video holds

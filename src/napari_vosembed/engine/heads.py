@@ -125,7 +125,8 @@ def project_levels(embeddings: Embeddings, weight: torch.Tensor, frames: list[in
     A head's first layer is linear and bilinear upsampling is linear, so each level is projected at
     its own resolution and the result upsampled: the same numbers, without building the
     1408-channel map (6x fewer operations at the default settings). `weight` (out, C) has its
-    columns in the order of the levels."""
+    columns in the order of the levels. Levels held as tensors (crops, `nets.lse.crop_embeddings`)
+    are read where they are and moved to `weight`'s device."""
     h, w = embeddings.grid_shape
     rows = np.arange(top, min(top + (size or h), h))
     cols = np.arange(left, min(left + (size or w), w))
@@ -138,8 +139,10 @@ def project_levels(embeddings: Embeddings, weight: torch.Tensor, frames: list[in
         x0, x1, wx = _source_index(cols, wi, w)
         r0, c0 = y0.min(), x0.min()
         r1, c1 = (rows[-1], cols[-1]) if same else (y1.max(), x1.max())
-        window = np.asarray(array[frames, r0 : r1 + 1, c0 : c1 + 1], dtype=np.float32)
-        level = F.normalize(torch.from_numpy(window).to(part.device), dim=-1) @ part.T
+        window = array[frames, r0 : r1 + 1, c0 : c1 + 1]
+        window = window.float() if isinstance(window, torch.Tensor) else \
+            torch.from_numpy(np.asarray(window, dtype=np.float32))
+        level = F.normalize(window.to(part.device), dim=-1) @ part.T
         if not same:
             ya, yb, xa, xb = (torch.from_numpy(i).to(part.device) for i in (y0 - r0, y1 - r0, x0 - c0, x1 - c0))
             level = torch.lerp(level.index_select(1, ya), level.index_select(1, yb),

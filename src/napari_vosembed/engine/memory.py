@@ -13,6 +13,8 @@ from ..errors import ResourceError
 
 #: The frame size the memory models are measured at (DAVIS, 480p).
 REFERENCE_PIXELS = 480 * 854
+#: What a run's labels kept in memory take per frame of 480p: a byte per pixel.
+LABELS_MIB_PER_FRAME = REFERENCE_PIXELS / 2**20
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,12 @@ class MemoryModel:
     base_mib: float
     per_frame_mib: float
 
-    def estimate(self, n_frames: int, height: int, width: int) -> int:
-        """Bytes a run on `n_frames` frames of `height` x `width` peaks at."""
+    def estimate(self, n_frames: int, height: int, width: int, labels_in_memory: bool = True) -> int:
+        """Bytes a run on `n_frames` frames of `height` x `width` peaks at; with `labels_in_memory`
+        False (a run writing them to disk frame by frame), less the labels' byte per pixel."""
         pixels = max(1.0, height * width / REFERENCE_PIXELS)
-        return int((self.base_mib + self.per_frame_mib * n_frames * pixels) * 2**20)
+        per_frame = self.per_frame_mib - (0 if labels_in_memory else min(LABELS_MIB_PER_FRAME, self.per_frame_mib))
+        return int((self.base_mib + per_frame * n_frames * pixels) * 2**20)
 
 
 def available_bytes() -> int | None:

@@ -25,7 +25,7 @@ from .cache import EmbeddingSettings, Embeddings, embeddings_root
 from .frames import FrameArray, label_volume
 from .grid import cell_index, cell_labels, grid_coords
 from .heads import embed_for_head
-from .refine import STRAY_DISTANCE, FrameRefiner, drop_stray_regions, refine_frame
+from .refine import STRAY_DISTANCE, FrameRefiner, drop_stray_regions, refine_device, refine_frame
 from .retrieval import ReferencePool
 
 #: Online adaptation: confident cells per frame, and frames they stay (chosen on a validation split, docs/pml.md).
@@ -77,7 +77,8 @@ class PMLIndex:
         self.grid = embeddings.grid_shape
         self.stride = embeddings.settings.stride
         self.head = head.to(device) if head is not None else None
-        self._refiner = FrameRefiner(video, self.stride, video.intensity_range(), keep=True)
+        self._refiner = FrameRefiner(video, self.stride, video.intensity_range(), keep=True,
+                                     device=refine_device(device))
         self._pixel_embeddings = self._embed_all()
         self._graph: dict[str, AnchorGraph] = {}  # shared with the views of `with_prompts`
         self._anchor_scores: tuple = (None, None)
@@ -120,12 +121,15 @@ class PMLIndex:
             self._resident_of = self._pixel_embeddings
         return self._resident_copy
 
-    def _queries(self, t: int, cells: np.ndarray | None) -> np.ndarray | torch.Tensor:
-        """The embeddings of frame t (or of its `cells`), on the pool's device."""
+    def queries(self, t: int, cells: np.ndarray | torch.Tensor | None = None) -> np.ndarray | torch.Tensor:
+        """The embeddings of frame t (or of its `cells`), on the pool's device: a numpy array on the
+        CPU, a float16 tensor on a GPU (`_resident`)."""
         if self._resident is not None:
             frame = self._resident[t]
             return frame if cells is None else frame[torch.as_tensor(cells, device=self.device)]
-        return self.frame_embeddings(t) if cells is None else as_float32(self._pixel_embeddings[t, cells])
+        if cells is None:
+            return self.frame_embeddings(t)
+        return as_float32(self._pixel_embeddings[t, np.asarray(torch.as_tensor(cells).cpu())])
 
     def add_prompts(self, prompts: Prompts, group: int = 0) -> None:
         """Add the reference pixels of `prompts` to the pool as `group` (removable as one)."""
@@ -234,15 +238,20 @@ class PMLIndex:
         rows = slice(t * n, (t + 1) * n) if cells is None else t * n + np.asarray(cells)
         return graph.scores(self._anchor_scores[1], rows)
 
-    def frame_scores(self, t: int, k: int | None = None, cells: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def frame_scores(self, t: int, k: int | None = None, cells: np.ndarray | torch.Tensor | None = None,
+                     host: bool = True) -> tuple:
         """Vote fractions `(h, w, L)` for frame t, the label values, and the unanimous cells; with
         `cells` (flat grid indices), the votes of those cells only, `(len(cells), L)`. With clicks
-        alone (`propagating`), (1 - mu) vote + mu propagated labels, mu = click_propagation."""
-        scores, unanimous = self.pool.vote(self._queries(t, cells), k or self.k)
+        alone (`propagating`), (1 - mu) vote + mu propagated labels, mu = click_propagation.
+        Scores and unanimous cells are numpy arrays, or with `host` False tensors on the device the
+        vote ran on (`ReferencePool.vote`)."""
+        scores, unanimous = self.pool.vote(self.queries(t, cells), k or self.k, host=False)
         if self.propagating:
             mu = self.click_propagation
-            scores = (1 - mu) * scores + mu * self._propagated(t, cells)
+            cells = None if cells is None else np.asarray(torch.as_tensor(cells).cpu())
+            scores = (1 - mu) * scores + mu * torch.from_numpy(self._propagated(t, cells)).to(scores)
+        if host:
+            scores, unanimous = scores.cpu().numpy(), unanimous.cpu().numpy()
         return (scores if cells is not None else scores.reshape(*self.grid, -1)), self.pool.label_values, unanimous
 
     def to_labels(self, t: int, scores: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -250,13 +259,14 @@ class PMLIndex:
         frame, whose guided-filter statistics the index keeps for the next click
         (`FrameRefiner`), or bilinear with `refine` off."""
         if not self.refine:
-            return refine_frame(self.video, t, scores, values, self.stride, None)
+            return refine_frame(self.video, t, scores, values, self.stride, None, self._refiner.device)
         return self._refiner(t, scores, values)
 
     def predict_frame(self, t: int) -> np.ndarray:
-        """Full-resolution labels of frame t from the current pool (the on-screen update)."""
+        """Full-resolution labels of frame t from the current pool (the on-screen update; on a GPU
+        only the labels leave the device)."""
         self._check_pool()
-        scores, values, _ = self.frame_scores(t)
+        scores, values, _ = self.frame_scores(t, host=self._refiner.device is None)
         return self.to_labels(t, scores, values)
 
     def adapt(self, t: int, cells: np.ndarray, labels: np.ndarray, adapted: list[int], rng: np.random.Generator,

@@ -120,12 +120,13 @@ class ReferencePool:
         sims, idx = self._search_index().search(queries, k)
         return torch.from_numpy(sims), torch.from_numpy(self.labels[idx])
 
-    def vote(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def vote(self, queries: np.ndarray | torch.Tensor, k: int, host: bool = True) -> tuple:
         """Majority vote of the k nearest references (Sec. 3.2), computed where the search ran.
 
         Returns `scores (Q, L)`, the fraction of neighbours with each of `label_values` (ties
         broken towards the nearest neighbour's label), and `unanimous (Q,)`, True where all k
-        neighbours agree: the pixels online adaptation may add to the pool.
+        neighbours agree: the pixels online adaptation may add to the pool. numpy arrays, or with
+        `host` False tensors where the search ran (on a GPU they stay there).
         """
         _, neighbours = self._search(queries, k)
         values = torch.from_numpy(self.label_values).to(neighbours.device)
@@ -133,4 +134,4 @@ class ReferencePool:
         nearest = torch.searchsorted(values, neighbours[:, 0].contiguous())
         scores[torch.arange(len(neighbours), device=scores.device), nearest] += 1e-3
         unanimous = (neighbours == neighbours[:, :1]).all(1)
-        return scores.cpu().numpy(), unanimous.cpu().numpy()
+        return (scores.cpu().numpy(), unanimous.cpu().numpy()) if host else (scores, unanimous)

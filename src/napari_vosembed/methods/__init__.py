@@ -29,7 +29,7 @@ def iter_segment(
     prompts = Prompts() if prompts is None else prompts
     if m.needs_prompts:
         prompts.validate(len(video), *video.shape[1:3])
-    session = yield from m.open_session(video)
+    session = yield from m.open_session(video, labels_in_memory=out is None)
     if out is None:  # methods of other packages written before `out` need not take it
         return (yield from session.segment(prompts))
     return (yield from session.segment(prompts, out=out))

@@ -109,13 +109,14 @@ class Method:
         prompt model turns the clicks of the edited frame into its mask."""
         return self.interactive or getattr(self.params, "prompt_model", "none") != "none"
 
-    def open_session(self, video, shared: dict[str, Session] | None = None, settings=None, prompt_masks=None
-                     ) -> Generator[Progress, None, Session]:
+    def open_session(self, video, shared: dict[str, Session] | None = None, settings=None, prompt_masks=None,
+                     labels_in_memory: bool = True) -> Generator[Progress, None, Session]:
         """This method's session of `video` (a `Video`, path or array); `shared` holds the open
         sessions of the methods it `requires` (the missing ones are opened here); `settings`: the
         `EmbeddingSettings` of networks used without a trained head (None: the default);
         `prompt_masks`: the video's `PromptMasks` to share (default: that of a shared session, else
-        a new one)."""
+        a new one). The memory guard counts the labels of every frame unless `labels_in_memory` is
+        False (runs that write them to disk: `segment(..., out=)`)."""
         from ..engine.prompt_model import PromptMasks
         from ..io import as_video
 
@@ -123,13 +124,14 @@ class Method:
         if self.memory is not None:
             n, height, width = len(video), *video.shape[1:3]
             check_fits(f"{self.title or self.name} on {n} frames of {width} x {height}",
-                       self.memory.estimate(n, height, width))
+                       self.memory.estimate(n, height, width, labels_in_memory))
         shared = dict(shared or {})
         prompt_masks = prompt_masks or next((s.prompt_masks for s in shared.values()), None) or \
             PromptMasks(video, str(self.device))
         for name, method in self.required().items():
             if name not in shared:
-                shared[name] = yield from method.open_session(video, shared, settings, prompt_masks)
+                shared[name] = yield from method.open_session(video, shared, settings, prompt_masks,
+                                                              labels_in_memory)
         session = yield from self.create_session(video, shared, settings)
         session.prompt_masks = prompt_masks
         return session

@@ -122,7 +122,7 @@ class LSESession(Session):
 
     def __init__(self, method: LSE, video, net: LSENet, settings):
         super().__init__(method, video)
-        self.net, self.settings = net, settings
+        self.net, self.settings = net.to(method.device), settings
         self._backbone = None
         self._intensity = video.intensity_range()
         self._adapted: tuple | None = None
@@ -136,14 +136,15 @@ class LSESession(Session):
         return self._last[1]
 
     def crop_levels(self, image: np.ndarray, search) -> tuple[np.ndarray, dict]:
-        """The crop of `image` (a normalised frame) under `search` and its backbone levels."""
+        """The crop of `image` (a normalised frame) under `search` and its backbone levels (on the
+        method's device: the network reads them there)."""
         if self._backbone is None:
             self._backbone = get_backbone(self.settings.backbone, self.method.device, features=self.settings.features,
                                           saliency=False)
         patch = crop(image, search)
         with torch.inference_mode():
             out = self._backbone(torch.from_numpy(patch).permute(2, 0, 1)[None])
-            levels = {k: v.cpu() for k, v in normalized_levels(out, self.settings.levels).items()}
+            levels = normalized_levels(out, self.settings.levels)
         return patch, levels
 
     def predict(self, net: LSENet, levels: dict) -> np.ndarray:
@@ -151,7 +152,7 @@ class LSESession(Session):
         with torch.inference_mode():
             out = net(net.projected(crop_embeddings(levels, CROP_SIZE, self.settings), [0]))
             embeddings = out.lse[0] if self.params.location else out.appearance[0]
-            return fuse(torch.sigmoid(out.foreground[0]), embeddings).numpy()
+            return fuse(torch.sigmoid(out.foreground[0]), embeddings).cpu().numpy()
 
     def _crop_scores(self, p: np.ndarray, patch: np.ndarray) -> np.ndarray:
         """Cell probabilities upsampled to the crop's pixels, snapped to its edges (`refine`)."""
@@ -242,8 +243,8 @@ class LSESession(Session):
             batch = [samples[i] for i in rng.choice(len(samples), min(4, len(samples)), replace=False)]
             projected = torch.cat([tuned.projected(crop_embeddings(s.levels, CROP_SIZE, self.settings), [0])
                                    for s in batch])
-            loss = losses(tuned(projected), torch.stack([s.shares for s in batch]),
-                          torch.stack([s.known for s in batch]), "lse", rng)
+            loss = losses(tuned(projected), torch.stack([s.shares for s in batch]).to(projected.device),
+                          torch.stack([s.known for s in batch]).to(projected.device), "lse", rng)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -33,7 +33,7 @@ from ..engine.flow import Flow, magnitude_video, video_flow
 from ..engine.heads import embed_for_head
 from ..engine.memory import MemoryModel
 from ..engine.nets.masktrack import BOX_NET, DEFAULT_NET, FLOW_NET, MaskTrackNet
-from ..engine.refine import refine_frame
+from ..engine.refine import refine_device, refine_frame
 from ..errors import PromptError
 from ..progress import Progress
 from ..prompts import Prompts, masks_digest
@@ -89,8 +89,8 @@ class MaskTrackSession(Session):
 
     def __init__(self, method: MaskTrack, video, net: MaskTrackNet, embeddings):
         super().__init__(method, video)
-        #: branch ('frames', 'flow') -> its offline network, and the features it reads
-        self.nets, self.features = {"frames": net}, {"frames": embeddings}
+        #: branch ('frames', 'flow') -> its offline network (on the method's device), and the features it reads
+        self.nets, self.features = {"frames": net.to(method.device)}, {"frames": embeddings}
         self.flow: Flow | None = None
         #: branch -> ((steps, seconds, masks digest), network fine-tuned on those masks)
         self._tuned: dict[str, tuple] = {}
@@ -112,7 +112,7 @@ class MaskTrackSession(Session):
             net, settings = MaskTrackNet.load(FLOW_NET)
             self.features["flow"] = yield from embed_video(magnitude_video(flow), settings,
                                                            device=str(self.method.device))
-            self.nets["flow"], self.flow = net, flow
+            self.nets["flow"], self.flow = net.to(self.method.device), flow
         return ["frames", "flow"]
 
     def finetuned(self, branch: str, masks: dict[int, np.ndarray], live: bool = False
@@ -130,16 +130,16 @@ class MaskTrackSession(Session):
         net = copy.deepcopy(self.nets[branch]).train().requires_grad_(True)
         optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
         rng = np.random.default_rng(0)
-        emb, (grid, stride) = self.features[branch], self.grid
+        emb, (grid, stride), device = self.features[branch], self.grid, self.method.device
         samples = [(t, obj) for t, m in sorted(masks.items()) for obj in np.unique(m) if obj]
-        features = {t: emb.frame_features(t) for t, _ in samples}
+        features = {t: emb.frame_features(t).to(device) for t, _ in samples}
         started = time.monotonic()
         for step in range(1, p.finetune_steps + 1):
             t, obj = samples[int(rng.integers(len(samples)))]
             mask = np.asarray(masks[t]) == obj
             rough, target = shares(deform_mask(mask, rng), grid, stride), shares(mask, grid, stride)
             projected = F.relu(net.project(features[t])).permute(2, 0, 1)[None]
-            rough, target = torch.from_numpy(rough)[None], torch.from_numpy(target)[None]
+            rough, target = torch.from_numpy(rough)[None].to(device), torch.from_numpy(target)[None].to(device)
             if rng.random() < 0.5:
                 projected, rough, target = projected.flip(-1), rough.flip(-1), target.flip(-1)
             loss = F.binary_cross_entropy_with_logits(net(projected, rough), target)
@@ -161,16 +161,17 @@ class MaskTrackSession(Session):
         _, stride = self.grid
         if self.params.crf:
             return crf_frame(self.video, t, scores, values, stride, self._intensity)
-        return refine_frame(self.video, t, scores, values, stride, self._intensity if self.params.refine else None)
+        return refine_frame(self.video, t, scores, values, stride, self._intensity if self.params.refine else None,
+                            refine_device(self.method.device))
 
     def _scores(self, nets: dict[str, MaskTrackNet], t: int, rough: list[np.ndarray]) -> np.ndarray:
         """(h, w, 1 + objects) probabilities of frame t from each object's rough mask (full resolution):
         each branch's sigmoid, averaged over the branches; background 1 - the best object's."""
         grid, stride = self.grid
-        cells = torch.stack([torch.from_numpy(shares(m, grid, stride)) for m in rough])
+        cells = torch.stack([torch.from_numpy(shares(m, grid, stride)) for m in rough]).to(self.method.device)
         with torch.inference_mode():
             p = np.mean([torch.sigmoid(net(net.project_frame(self.features[b], t).expand(len(cells), -1, -1, -1),
-                                           cells)).numpy() for b, net in nets.items()], 0)
+                                           cells)).cpu().numpy() for b, net in nets.items()], 0)
         return np.concatenate([1 - p.max(0, keepdims=True), p]).transpose(1, 2, 0)
 
     def _frame(self, nets: dict[str, MaskTrackNet], t: int, previous: np.ndarray, values: np.ndarray,
@@ -211,7 +212,7 @@ class MaskTrackSession(Session):
         if not frames:
             return prompts
         if self._box_net is None:
-            self._box_net, _ = MaskTrackNet.load(BOX_NET)
+            self._box_net = MaskTrackNet.load(BOX_NET)[0].to(self.method.device)
         out = self._without_network_boxes(prompts)
         height, width = self.video.shape[1:3]
         for i, t in enumerate(frames):

@@ -41,7 +41,7 @@ from ..engine.memory import MemoryModel
 from ..engine.pml_index import ADAPT_WINDOW, FINETUNE_STEPS, PMLIndex, check_finetune_steps, check_stray_distance, \
     check_weight
 from ..engine.propagation import SIGMA_DISTANT, propagate, propagate_dense, sample_references
-from ..engine.refine import STRAY_DISTANCE, drop_stray_regions, refine_frame
+from ..engine.refine import STRAY_DISTANCE, FrameRefiner, drop_stray_regions, refine_device
 from ..errors import MethodError, PromptError, VosEmbedError
 from ..engine.nets.tvos import DEFAULT_HEAD, TVOSHead
 from ..progress import Progress
@@ -128,9 +128,10 @@ class TVOSPropagator:
         else:
             self.scale = head.scale if head is not None else 1 / RAW_TEMPERATURE
         self.fast, self.keep_annotated = fast, keep_annotated
-        self._intensity = video.intensity_range() if refine else None
         self.grid = embeddings.grid_shape
         self.stride = embeddings.settings.stride
+        self._refiner = FrameRefiner(video, self.stride, video.intensity_range() if refine else None,
+                                     device=refine_device(self.device))
         self.frame_shape = embeddings.frame_shape
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
 
@@ -196,9 +197,9 @@ class TVOSPropagator:
         self.match_counts[1] += len(scores)
         if len(cells) == 0:
             return scores
-        votes, values, _ = self._global.frame_scores(t, self._global.k_mask, cells.cpu().numpy())
+        votes, values, _ = self._global.frame_scores(t, self._global.k_mask, cells, host=False)
         matched = torch.zeros(len(cells), scores.shape[1], dtype=scores.dtype, device=scores.device)
-        matched[:, np.searchsorted(self.values, values)] = torch.from_numpy(votes).to(scores)
+        matched[:, np.searchsorted(self.values, values)] = votes.to(scores)
         out = scores.clone()
         out[cells] = (1 - lam) * scores[cells] + lam * matched
         return out
@@ -245,34 +246,36 @@ class TVOSPropagator:
         as label indices (`reference_labels`)."""
         return scores.argmax(1).to(torch.uint8 if len(self.values) <= 256 else torch.int32)
 
-    def _drop_strays(self, scores: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """`scores` (h*w, K) with the object regions far from their cells in `previous` (the grid
-        labels of the frame before) given to the background (`drop_stray_regions`)."""
-        grid_scores = scores.reshape(*self.grid, -1).cpu().numpy().copy()
-        winners = (previous.argmax(1) if previous.is_floating_point() else previous).reshape(self.grid).cpu().numpy()
-        drop_stray_regions(grid_scores, winners, self.values, self.stray_distance)
-        return torch.from_numpy(grid_scores.reshape(len(scores), -1)).to(scores)
-
     def _pass(self, out: np.ndarray, masks: dict[int, np.ndarray], origin: int, direction: int, stop: int,
               progress: list[int]) -> Generator[Progress, None, None]:
         """Propagate from frame `origin` in `direction` up to `stop` (excluded) into `out`; an
-        annotated frame on the way keeps its mask. `progress` = [done, total], updated."""
+        annotated frame on the way keeps its mask. `progress` = [done, total], updated.
+
+        On a GPU, what crosses to the host per frame is one copy of its grid scores (for the stray
+        check's connected regions, the confidence and the matcher's adaptation; 26 KB for two labels
+        at 480p) and its labels: the embeddings, references and refinement stay on the device."""
         annotated = sorted(masks)
         adapted, rng = [], np.random.default_rng(0)
+        previous: tuple[int, np.ndarray] | None = None  # (frame, its grid label indices), on the host
         for step, t in enumerate(range(origin + direction, stop, direction), 1):
             if t in masks:
                 continue
             scores = self.frame_scores(t, self.references(t, step, direction, annotated), self.labels)
+            host = scores.cpu().numpy()
             if self.stray_distance:
-                scores = self._drop_strays(scores, self.labels[t - direction])
+                before = previous[1] if previous is not None and previous[0] == t - direction else \
+                    self.reference_labels(t - direction).argmax(1).cpu().numpy()
+                drop_stray_regions(host.reshape(*self.grid, -1), before.reshape(self.grid), self.values,
+                                   self.stray_distance)
+                scores = torch.from_numpy(host).to(self.device)
+            winners = host.argmax(1)
+            previous = (t, winners)
             self.labels[t] = self.history_labels(t, scores)
-            self.confidence[t] = frame_confidence(scores.cpu().numpy())
+            self.confidence[t] = frame_confidence(host)
             if self.adapt_matcher and self._global is not None:
-                best = scores.max(1)
-                cells = torch.nonzero(best.values >= ADAPT_CONFIDENCE)[:, 0].cpu().numpy()
-                self._global.adapt(t, cells, self.values[best.indices.cpu().numpy()[cells]], adapted, rng)
-            out[t] = refine_frame(self.video, t, scores.reshape(*self.grid, -1).cpu().numpy(), self.values,
-                                  self.stride, self._intensity)
+                cells = np.flatnonzero(host.max(1) >= ADAPT_CONFIDENCE)
+                self._global.adapt(t, cells, self.values[winners[cells]], adapted, rng)
+            out[t] = self._refiner(t, scores.reshape(*self.grid, -1), self.values)
             progress[0] += 1
             yield Progress(progress[0], progress[1], "propagation")
         if adapted:

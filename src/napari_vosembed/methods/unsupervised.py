@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from ..engine.cache import EmbeddingSettings, embed_video
 from ..engine.confidence import frame_confidence
@@ -191,14 +192,16 @@ class UnsupervisedSession(Session):
 
     def probabilities(self, index: PMLIndex, t: int, cells: np.ndarray, foreground: np.ndarray,
                       background: np.ndarray) -> np.ndarray:
-        """(h, w, 2) background / foreground probabilities of frame t, Eq. 13-15."""
-        emb = index.frame_embeddings(t)
+        """(h, w, 2) background / foreground probabilities of frame t, Eq. 13-15 (the distances where
+        the index keeps its embeddings: on a GPU, there)."""
+        emb = torch.as_tensor(index.queries(t)).float()
 
-        def nearest(chosen: np.ndarray) -> np.ndarray:
-            return np.linalg.norm(emb[:, None] - emb[cells[chosen]][None], axis=2).min(1)
+        def nearest(chosen: np.ndarray) -> torch.Tensor:
+            seeds = emb[torch.from_numpy(cells[chosen]).to(emb.device)]
+            return torch.cdist(emb, seeds, compute_mode="donot_use_mm_for_euclid_dist").min(1).values
 
         d_fg, d_bg = nearest(foreground), nearest(background)
-        p = (d_bg / np.maximum(d_fg + d_bg, 1e-6)).reshape(index.grid)
+        p = (d_bg / (d_fg + d_bg).clamp_min(1e-6)).reshape(index.grid).cpu().numpy()
         return np.stack([1 - p, p], -1).astype(np.float32)
 
     def _labels(self, t: int, scores: np.ndarray) -> np.ndarray:

@@ -106,8 +106,8 @@ def fuse(foreground: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
 def crop_embeddings(levels: dict[int, torch.Tensor], size: int, settings: EmbeddingSettings = CROP_SETTINGS
                     ) -> Embeddings:
     """In-memory `Embeddings` of crops from `cache.normalized_levels` (level -> (B, h, w, C)), for
-    `LSENet.projected`."""
-    arrays = {level: f.float().cpu().numpy() for level, f in levels.items()}
+    `LSENet.projected`: the tensors where they are (on a GPU, they stay there)."""
+    arrays = {level: f.float() for level, f in levels.items()}
     n = len(next(iter(arrays.values())))
     return Embeddings(Path(), settings, (size, size), arrays, None, np.ones(n, bool))
 
@@ -130,7 +130,7 @@ def targets(shares: torch.Tensor, known: torch.Tensor | None = None) -> tuple[to
         fg = fg & known
     weight = fg.float()
     centre = (weight[..., None] * pos).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1)[:, None]
-    return fg, torch.where(fg[..., None], centre[:, None, None] - pos, torch.zeros(()))
+    return fg, torch.where(fg[..., None], centre[:, None, None] - pos, 0.0)
 
 
 def losses(out: LSEOutput, shares: torch.Tensor, known: torch.Tensor | None, stage: str,
@@ -156,12 +156,12 @@ def losses(out: LSEOutput, shares: torch.Tensor, known: torch.Tensor | None, sta
             continue
         pair_losses = []
         for i in range(len(fg)):
-            cells = np.flatnonzero(mask[i].reshape(-1).numpy())
-            labels = fg[i].reshape(-1)[cells].numpy().astype(np.int64)
+            cells = np.flatnonzero(mask[i].reshape(-1).cpu().numpy())
+            labels = fg[i].reshape(-1).cpu().numpy()[cells].astype(np.int64)
             if len(np.unique(labels)) < 2:
                 continue
-            a = torch.from_numpy(cells[balanced_anchors(labels, anchors, rng)])
-            p = torch.from_numpy(rng.choice(cells, min(pool, len(cells)), replace=False))
+            a = torch.from_numpy(cells[balanced_anchors(labels, anchors, rng)]).to(emb.device)
+            p = torch.from_numpy(rng.choice(cells, min(pool, len(cells)), replace=False)).to(emb.device)
             flat, lab = emb[i].reshape(-1, emb.shape[-1]), fg[i].reshape(-1).long()
             pair_losses.append(instance(flat[a], flat[p], lab[a], lab[p]))
         if pair_losses:

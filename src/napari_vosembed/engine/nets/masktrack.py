@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import Embeddings
-from ..heads import Head
+from ..heads import Head, project_levels
 
 _MODELS = Path(__file__).parents[2] / "models"
 #: The trained networks that ship with the package (model cards: docs/masktrack.md): the frame
@@ -39,8 +39,10 @@ class MaskTrackNet(Head):
         self.prior = nn.Parameter(torch.tensor(8.0))
 
     def project_frame(self, embeddings: Embeddings, t: int) -> torch.Tensor:
-        """The projected features of frame t, (hidden, h, w): what the mask does not change (kept per frame)."""
-        return F.relu(self.project(embeddings.frame_features(t))).permute(2, 0, 1)
+        """The projected features of frame t, (hidden, h, w), on the network's device: what the mask
+        does not change, `project(frame_features(t))` level by level (`project_levels`: the same
+        numbers without building the combined features)."""
+        return F.relu(project_levels(embeddings, self.project.weight, [t])[0] + self.project.bias).permute(2, 0, 1)
 
     def forward(self, projected: torch.Tensor, rough: torch.Tensor) -> torch.Tensor:
         """Object logits (B, h, w) from projected features (B, hidden, h, w) and rough masks (B, h, w)
