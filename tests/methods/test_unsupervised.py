@@ -63,3 +63,11 @@ def test_a_cells_probability_weighs_its_distances_to_the_nearest_object_and_back
     assert p.shape == (*session.index.grid, 2) and np.allclose(p.sum(-1), 1)
     assert np.allclose(p[..., 1].reshape(-1), expected, atol=1e-5)
     assert p[..., 1].reshape(-1)[[3, 40]].min() > 0.999 and p[..., 1].reshape(-1)[[100, 7]].max() < 0.001
+
+
+def test_the_objectness_of_a_480p_frame_is_read_off_the_whole_frame():
+    """ISNet's saliency weighs the whole image: the objectness input is never cut into tiles."""
+    from napari_vosembed.methods.unsupervised import OBJECTNESS
+
+    settings = OBJECTNESS.resolve(480, 854)
+    assert max(round(480 * settings.scale), round(854 * settings.scale)) <= settings.tile
