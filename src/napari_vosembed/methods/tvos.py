@@ -252,7 +252,7 @@ class TVOSPropagator:
         annotated frame on the way keeps its mask. `progress` = [done, total], updated.
 
         On a GPU, what crosses to the host per frame is one copy of its grid scores (for the stray
-        check's connected regions, the confidence and the matcher's adaptation; 26 KB for two labels
+        check's connected regions, the confidence and the matcher's adaptation; 51 KB for two labels
         at 480p) and its labels: the embeddings, references and refinement stay on the device."""
         annotated = sorted(masks)
         adapted, rng = [], np.random.default_rng(0)
